@@ -1,0 +1,55 @@
+# Two commands on a fresh clone:  `make all` (train, compress, bench on the bundled data)
+# and `make test`. Every target depends on `setup`, which installs into .venv once and again
+# only when pyproject.toml changes. Full data: `DATA_DIR=../shared/data make all`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+REPORTS ?= reports
+PORT ?= 8000
+export DATA_DIR
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup all train compress bench serve test test-fast ci clean distclean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: DATA_DIR (full datasets; default: bundled samples), ARTIFACTS=$(ARTIFACTS), REPORTS=$(REPORTS), PORT=$(PORT)"
+
+setup: $(STAMP) ## create .venv and install everything (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+all: train compress bench ## train, compress and benchmark the served tasks
+
+train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into $(ARTIFACTS)
+	$(PY) -m trainer train-all --artifacts $(ARTIFACTS)
+
+compress: setup ## derive pruned/quantized/factorized variants and select one per task
+	$(PY) -m compress run-all --artifacts $(ARTIFACTS)
+
+bench: setup ## measure every variant; writes $(REPORTS)/bench.{json,md}, plots, index.html
+	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS)
+
+serve: setup ## serve the selected variants over HTTP on $(PORT)
+	$(PY) -m serve --artifacts $(ARTIFACTS) --port $(PORT)
+
+test: setup ## run the test suite (uses ../shared/data for full-data tests when present)
+	$(PY) -m pytest -q
+
+ci: ## what CI runs on a clean clone
+	./.ci/run
+
+clean: ## remove build outputs (artifacts, reports, caches), keep .venv
+	rm -rf $(ARTIFACTS) $(REPORTS) model_repository .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+distclean: clean ## also remove .venv
+	rm -rf $(VENV) *.egg-info

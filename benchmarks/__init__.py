@@ -1,0 +1,1 @@
+"""benchmarks package (import-light: no TensorFlow at import time)."""

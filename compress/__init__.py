@@ -1,0 +1,1 @@
+"""compress package (import-light: no TensorFlow at import time)."""

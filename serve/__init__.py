@@ -1,0 +1,1 @@
+"""serve package (import-light: no TensorFlow at import time)."""

@@ -1,0 +1,48 @@
+"""The ONNX serving and benchmark paths must run where TensorFlow is not installed."""
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+# Modules that must import (and work) with TensorFlow absent. Add new TF-free modules here.
+TF_FREE_MODULES = [
+    "trainer", "trainer.tasks", "trainer.data", "trainer.preprocessing", "trainer.artifacts",
+    "compress", "serve", "benchmarks",
+]
+BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
+
+BLOCKER = textwrap.dedent(f"""
+    import sys, importlib.abc
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in {BLOCKED!r}:
+                raise ImportError('blocked for the test: ' + name)
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_blocker_really_blocks():
+    r = run_without_tensorflow("import tensorflow")
+    assert r.returncode != 0 and "blocked for the test" in r.stderr
+
+
+def test_tf_free_modules_import_without_tensorflow():
+    r = run_without_tensorflow("\n".join(f"import {m}" for m in TF_FREE_MODULES))
+    assert r.returncode == 0, r.stderr
+
+
+def test_data_and_preprocessing_work_without_tensorflow():
+    r = run_without_tensorflow("""
+        from trainer import data
+        from trainer.preprocessing import ImagePreprocessor
+        ds = data.load('fashion_mnist', 'test')
+        print(ImagePreprocessor()(ds.x[:4]).shape)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "(4, 28, 28, 1)" in r.stdout

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from trainer.preprocessing import (ImagePreprocessor, PreprocessingError, TextTokenizer,
+                                   preprocessor_from_config, tokenize_words)
+
+
+def test_minmax_scaling_shapes_and_range():
+    pre = ImagePreprocessor()
+    x = np.array([[0, 255] * 14] * 28, np.uint8)
+    out = pre(x)
+    assert out.shape == (1, 28, 28, 1) and out.dtype == np.float32
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert pre(np.stack([x, x])).shape == (2, 28, 28, 1)
+    assert pre(np.stack([x, x])[..., None]).shape == (2, 28, 28, 1)
+
+
+def test_standardize_uses_training_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    pre = ImagePreprocessor.fit(x, "standardize")
+    out = pre(x)
+    assert abs(out.mean()) < 1e-4 and abs(out.std() - 1) < 1e-3
+    again = preprocessor_from_config(pre.to_config())
+    assert np.array_equal(again(x), out)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((27, 28)), "28x28"),
+    (np.zeros((2, 28, 28, 3)), "28x28"),
+    (np.full((28, 28), 256.0), "0..255"),
+    (np.full((28, 28), -1.0), "0..255"),
+    (np.full((28, 28), np.nan), "NaN"),
+    (np.array([["a"] * 28] * 28), "numbers"),
+])
+def test_image_bad_input_is_explained(bad, match):
+    with pytest.raises(PreprocessingError, match=match):
+        ImagePreprocessor()(bad)
+
+
+def test_unknown_scaling_lists_valid():
+    with pytest.raises(ValueError, match="minmax, standardize"):
+        ImagePreprocessor("zscore")
+
+
+def test_tokenize_words_strips_br_and_lowercases():
+    assert tokenize_words("Great<br /><br />MOVIE, isn't it?") == ["great", "movie", "isn't", "it"]
+
+
+def test_tokenizer_round_trip_and_oov(tmp_path):
+    tok = TextTokenizer.fit(["the cat sat", "the cat ran", "the dog"], vocab_size=5, max_length=6)
+    # 3 words fit (5 ids minus pad and OOV): the, cat (most frequent), then 'dog' < 'ran' < 'sat'
+    assert tok.vocabulary == ["the", "cat", "dog"]
+    ids = tok(["The cat flew"])
+    assert ids.tolist() == [[2, 3, TextTokenizer.OOV_ID, 0, 0, 0]]
+    assert tok.decode(ids[0]) == "the cat <oov>"
+    tok.save_vocabulary(tmp_path)
+    again = preprocessor_from_config(tok.to_config(), tmp_path)
+    assert np.array_equal(again(["the dog sat", "x"]), tok(["the dog sat", "x"]))
+
+
+def test_tokenizer_truncates_and_handles_empty():
+    tok = TextTokenizer(["a"], max_length=3)
+    assert tok(["a a a a a", ""]).tolist() == [[2, 2, 2], [0, 0, 0]]
+    with pytest.raises(PreprocessingError, match="text #1 must be a string"):
+        tok(["ok", 3])
+
+
+def test_vocabulary_size_mismatch_is_caught(tmp_path):
+    tok = TextTokenizer(["a", "b"], max_length=4)
+    tok.save_vocabulary(tmp_path)
+    cfg = dict(tok.to_config(), vocab_size=10)
+    with pytest.raises(ValueError, match="manifest says 10"):
+        preprocessor_from_config(cfg, tmp_path)
