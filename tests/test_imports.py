@@ -8,6 +8,7 @@ from tests.conftest import REPO
 # Modules that must import (and work) with TensorFlow absent. Add new TF-free modules here.
 TF_FREE_MODULES = [
     "trainer", "trainer.tasks", "trainer.data", "trainer.preprocessing", "trainer.artifacts",
+    "trainer.runtime",
     "compress", "serve", "benchmarks",
 ]
 BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")

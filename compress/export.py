@@ -1,0 +1,170 @@
+"""Export a tf_keras model to ONNX and TFLite, with a parity check against the source model.
+
+Used by `trainer` (every trained variant carries model.onnx and model.tflite beside the Keras
+model) and by `compress` for derived variants. Parity rules (issue 5): float exports must agree
+with the source within `FLOAT_ATOL` on probabilities; quantized exports must agree on the top-1
+class for at least `QUANT_TOP1_AGREEMENT` of the inputs. A failing check raises ExportParityError
+with the numbers, so no variant with a broken export is ever written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ONNX_OPSET = 17
+ONNX_INPUT_NAME = "input"
+FLOAT_ATOL = 1e-4
+QUANT_TOP1_AGREEMENT = 0.99
+
+
+class ExportParityError(RuntimeError):
+    """An exported model disagrees with its source beyond the allowed tolerance."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    runtime: str
+    n: int
+    max_abs_diff: float
+    top1_agreement: float
+    quantized: bool
+
+    @property
+    def ok(self) -> bool:
+        if self.quantized:
+            return self.top1_agreement >= QUANT_TOP1_AGREEMENT
+        return self.max_abs_diff <= FLOAT_ATOL
+
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "n": self.n, "max_abs_diff": self.max_abs_diff,
+                "top1_agreement": self.top1_agreement, "quantized": self.quantized,
+                "ok": self.ok}
+
+
+def as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """(N, C) softmax stays; (N, 1) sigmoid becomes (N, 2) [p(neg), p(pos)]."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 2 and outputs.shape[1] == 1:
+        return np.concatenate([1.0 - outputs, outputs], axis=1)
+    return outputs
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, runtime: str,
+            quantized: bool) -> ParityReport:
+    ref, cand = as_probabilities(reference), as_probabilities(candidate)
+    if ref.shape != cand.shape:
+        raise ExportParityError(f"{runtime}: output shape {cand.shape} != source {ref.shape}")
+    return ParityReport(runtime, len(ref), float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
+                        float(np.mean(ref.argmax(1) == cand.argmax(1))) if ref.size else 1.0,
+                        quantized)
+
+
+def check_parity(reference: np.ndarray, candidate: np.ndarray, runtime: str,
+                 quantized: bool = False) -> ParityReport:
+    report = compare(reference, candidate, runtime, quantized)
+    if not report.ok:
+        rule = (f"top-1 agreement >= {QUANT_TOP1_AGREEMENT:.0%}" if quantized
+                else f"max |diff| <= {FLOAT_ATOL:g}")
+        raise ExportParityError(
+            f"{runtime} export fails parity on {report.n} real inputs: max |diff| "
+            f"{report.max_abs_diff:.3g}, top-1 agreement {report.top1_agreement:.2%} (need {rule})"
+        )
+    return report
+
+
+def input_signature(model, dtype=None):
+    """A TensorSpec with a dynamic batch dimension named `input`, from the model's input."""
+    from trainer.tf_setup import tf
+
+    shape = [None] + list(model.input_shape[1:])
+    return [tf.TensorSpec(shape, dtype or model.inputs[0].dtype, name=ONNX_INPUT_NAME)]
+
+
+def export_onnx(model, path: str | Path, opset: int = ONNX_OPSET) -> dict:
+    """tf2onnx export with a dynamic batch dimension; returns the ONNX input/output names."""
+    import tf2onnx
+
+    from trainer.tf_setup import require_tf_keras_model
+
+    require_tf_keras_model(model)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model),
+                                          opset=opset, output_path=str(path))
+    return {"input": proto.graph.input[0].name, "output": proto.graph.output[0].name,
+            "opset": opset}
+
+
+def run_onnx(path: str | Path, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    from trainer.runtime import make_session
+
+    sess = make_session(path, providers=("cpu",))
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
+
+
+def tflite_bytes(model, optimizations=None, representative_data=None,
+                 supported_types=None, int8_io: bool = False) -> bytes:
+    """Convert with the TFLite converter (still part of TF 2.21)."""
+    from trainer.tf_setup import tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if optimizations:
+        conv.optimizations = optimizations
+    if representative_data is not None:
+        conv.representative_dataset = representative_data
+    if supported_types:
+        conv.target_spec.supported_types = supported_types
+    if int8_io:
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def run_tflite(path_or_bytes, x: np.ndarray) -> np.ndarray:
+    """Run a .tflite model with ai-edge-litert, one example at a time (fixed batch 1 input),
+    handling int8 input/output quantization when the model has it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    kw = ({"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray))
+          else {"model_path": str(path_or_bytes)})
+    interp = Interpreter(num_threads=1, **kw)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], [1] + list(x.shape[1:]))
+    interp.allocate_tensors()
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    results = []
+    for row in x:
+        v = row[None]
+        if inp["dtype"] in (np.int8, np.uint8) and in_scale:
+            v = np.clip(np.round(v / in_scale + in_zero), np.iinfo(inp["dtype"]).min,
+                        np.iinfo(inp["dtype"]).max)
+        interp.set_tensor(inp["index"], v.astype(inp["dtype"]))
+        interp.invoke()
+        y = interp.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] in (np.int8, np.uint8) and out_scale:
+            y = (y - out_zero) * out_scale
+        results.append(y[0])
+    return np.stack(results)
+
+
+def export_float(model, directory: str | Path, parity_inputs: np.ndarray,
+                 tflite: bool = True) -> dict:
+    """Write model.onnx (and model.tflite) into `directory`, parity-checked on real inputs.
+
+    Returns {"onnx": {input, output, opset}, "parity": [reports]} for the manifest.
+    """
+    directory = Path(directory)
+    reference = model(parity_inputs, training=False).numpy()
+    info = {"onnx": export_onnx(model, directory / "model.onnx"), "parity": []}
+    info["parity"].append(check_parity(reference, run_onnx(directory / "model.onnx",
+                                                           parity_inputs), "onnxruntime").as_dict())
+    if tflite:
+        blob = tflite_bytes(model)
+        (directory / "model.tflite").write_bytes(blob)
+        info["parity"].append(check_parity(reference, run_tflite(blob, parity_inputs),
+                                           "litert").as_dict())
+    return info
