@@ -10,6 +10,7 @@ TF_FREE_MODULES = [
     "trainer", "trainer.tasks", "trainer.data", "trainer.preprocessing", "trainer.artifacts",
     "trainer.runtime",
     "compress", "serve", "benchmarks",
+    "benchmarks.runners", "benchmarks.measure",
 ]
 BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
 

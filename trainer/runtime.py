@@ -63,12 +63,15 @@ def usable_providers() -> tuple[str, ...]:
 
 
 def make_session(model: str | Path | bytes, providers=("cuda", "cpu"), threads: int | None = None,
-                 strict: bool = False, graph_optimization: str = "all", **session_options):
+                 strict: bool = False, graph_optimization: str = "all",
+                 provider_options: dict | None = None, **session_options):
     """An `onnxruntime.InferenceSession` on the first usable providers of `providers`.
 
     strict=True: every provider asked for must be usable and the session must really use
     the first one, else ProviderUnavailableError (benchmarks use this so that a "cuda" row
     can never be a silent CPU run). threads: intra-op threads (None: ORT's default).
+    provider_options: {alias or provider name: {option: value}}, e.g.
+    {"cuda": {"enable_cuda_graph": "1"}} (benchmarks' CUDA-graph runs).
     """
     import onnxruntime as ort
 
@@ -96,7 +99,9 @@ def make_session(model: str | Path | bytes, providers=("cuda", "cpu"), threads: 
     for k, v in session_options.items():
         setattr(so, k, v)
     src = model if isinstance(model, bytes) else os.fspath(model)
-    session = ort.InferenceSession(src, sess_options=so, providers=chosen)
+    options_by_name = {provider_name(k): dict(v) for k, v in (provider_options or {}).items()}
+    session = ort.InferenceSession(src, sess_options=so, providers=chosen,
+                                   provider_options=[options_by_name.get(p, {}) for p in chosen])
     if strict and session.get_providers()[0] != chosen[0]:
         raise ProviderUnavailableError(
             f"session fell back to {session.get_providers()[0]} instead of {chosen[0]}"
