@@ -1,3 +1,5 @@
+# constraints.txt pins every transitive version of the set checked to install together
+# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt).
 # Two commands on a fresh clone:  `make all` (train, compress, bench on the bundled data)
 # and `make test`. Every target depends on `setup`, which installs into .venv once and again
 # only when pyproject.toml changes. Full data: `DATA_DIR=../shared/data make all`.
@@ -21,24 +23,24 @@ help: ## list targets
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 all: train compress bench ## train, compress and benchmark the served tasks
 
-train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into $(ARTIFACTS)
+train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into artifacts/
 	$(PY) -m trainer train-all --artifacts $(ARTIFACTS)
 
 compress: setup ## derive pruned/quantized/factorized variants and select one per task
 	$(PY) -m compress run-all --artifacts $(ARTIFACTS)
 
-bench: setup ## measure every variant; writes $(REPORTS)/bench.{json,md}, plots, index.html
+bench: setup ## measure every variant; writes reports/bench.{json,md}, plots, index.html
 	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
-serve: setup ## serve the selected variants over HTTP on $(PORT)
+serve: setup ## serve the selected variants over HTTP (PORT=8000)
 	$(PY) -m serve --artifacts $(ARTIFACTS) --port $(PORT)
 
 test: setup ## run the test suite (uses ../shared/data for full-data tests when present)
