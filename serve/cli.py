@@ -1,0 +1,103 @@
+"""`python -m serve [--port N ...]` serves; `python -m serve export-triton --out DIR` exports.
+
+Flags mirror `serve.settings.Settings` (each also readable from SERVE_<NAME> / ARTIFACTS_DIR);
+a flag wins over the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from serve.settings import Settings, SettingsError, env_name, parse_value
+
+HELP = {
+    "host": "interface to bind (0.0.0.0 exposes the server; set an API key then)",
+    "port": "TCP port",
+    "workers": "uvicorn worker processes (each loads every model)",
+    "artifacts": "artifact root with <task>/selected.json",
+    "providers": "ONNX Runtime providers, best first, comma-separated (cuda,cpu)",
+    "threads": "ORT intra-op threads per model; 0 = the cores this process may use",
+    "max_batch_size": "rows per batched inference; 1 disables the dynamic batcher",
+    "max_queue_delay_us": "longest a batch waits for more requests under load (microseconds)",
+    "max_queue_size": "queued requests per model before answering 503 + Retry-After",
+    "api_key": "require 'Authorization: Bearer KEY' on every route but health",
+    "max_body_bytes": "largest request body (larger: 413)",
+    "cors_origins": "comma-separated browser origins allowed to call the API",
+    "access_log": "log one JSON line per request (true/false)",
+    "log_level": "debug, info, warning or error",
+    "graceful_timeout_s": "seconds to finish in-flight requests after SIGTERM",
+}
+
+
+def _settings_parser(parser: argparse.ArgumentParser, default=None) -> None:
+    for f in fields(Settings):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                            metavar=f.name.upper(),
+                            help=f"{HELP[f.name]} [env {env_name(f.name)}; default {f.default}]")
+
+
+def _resolve(args: argparse.Namespace) -> Settings:
+    base = Settings.from_env()
+    changes = {f.name: parse_value(f.name, getattr(args, f.name)) for f in fields(Settings)
+               if getattr(args, f.name, None) is not None}
+    return base.replace(**changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _settings_parser(parser)
+    sub = parser.add_subparsers(dest="command")
+    export = sub.add_parser("export-triton", help="write a Triton model repository + KServe "
+                            "InferenceService from the selected variants")
+    export.add_argument("--out", type=Path, default=Path("model_repository"))
+    export.add_argument("--storage-uri", default="gs://YOUR-BUCKET/model_repository",
+                        help="where the repository will live, for the KServe example")
+    # SUPPRESS: a flag given before the subcommand must not be reset by the subparser.
+    _settings_parser(export, default=argparse.SUPPRESS)
+    return parser
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from serve.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    # Worker processes rebuild the app from the environment: hand them the resolved settings.
+    os.environ.update(settings.to_env())
+    uvicorn.run("serve.app:create_app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=settings.workers, log_config=None,
+                log_level=settings.log_level, access_log=False, loop="auto", http="auto",
+                timeout_graceful_shutdown=settings.graceful_timeout_s)
+
+
+def export(settings: Settings, out: Path, storage_uri: str) -> int:
+    from serve.triton_export import export_triton
+
+    exported, skipped = export_triton(settings.artifacts, out,
+                                      max_batch_size=settings.max_batch_size,
+                                      max_queue_delay_us=settings.max_queue_delay_us,
+                                      storage_uri=storage_uri)
+    for m in exported:
+        print(f"{m.task}: variant {m.variant} -> {m.directory}")
+    for task, why in skipped.items():
+        print(f"{task}: skipped ({why})", file=sys.stderr)
+    print(f"KServe example: {out / 'kserve-inferenceservice.yaml'}")
+    return 0 if exported else 1
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _resolve(args)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "export-triton":
+        return export(settings, args.out, args.storage_uri)
+    serve(settings)
+    return 0

@@ -1,0 +1,297 @@
+"""Protocol decoding and encoding, without HTTP types: bytes in, numpy, bytes out.
+
+Three request formats reach the same model:
+
+- the friendly API (`/v1/classify/{task}`): raw pixels, a base64 or uploaded image, or review
+  text; preprocessing from the manifest turns them into model inputs; answers are top-k
+  human labels;
+- the Open Inference Protocol / KServe V2 (`/v2/models/{name}/infer`), JSON or with the
+  binary tensor data extension: the model's own input tensor in, its output tensor out;
+- TensorFlow Serving's REST predict (`/v1/models/{name}:predict`), `instances` or `inputs`.
+
+JSON is parsed once with orjson and converted to numpy in one call; there is no per-number
+validation object. Every malformed request raises a `serve.errors` error saying what was
+wrong and what is expected.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from serve.errors import InvalidInput, InvalidJSON, UnknownModel
+from serve.images import decode_image
+from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
+from trainer.preprocessing import PreprocessingError
+
+MAX_TEXT_CHARS = 100_000  # the longest IMDB review has ~14k characters
+PROTOCOL_VERSION = "1"    # the one model version each task exposes in V2 / TF Serving
+
+
+def parse_json(body: bytes) -> dict:
+    if not body:
+        raise InvalidJSON("the request body is empty", expected="a JSON object")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidJSON(f"the request body is not valid JSON ({e})",
+                          expected="a JSON object") from None
+    if not isinstance(doc, dict):
+        raise InvalidJSON(f"the request body is a JSON {type(doc).__name__}",
+                          expected="a JSON object")
+    return doc
+
+
+def _numeric_array(value, what: str) -> np.ndarray:
+    """Nested JSON lists -> numpy in one call; rejects ragged lists, strings, null, booleans."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise InvalidInput(f"{what} is a ragged nested list",
+                           expected="a rectangular nested list of numbers") from None
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInput(f"{what} contains non-numbers ({arr.dtype})",
+                           expected="numbers only (no strings, null or booleans)")
+    return arr
+
+
+# -- friendly API ------------------------------------------------------------------------
+EXAMPLE_HINTS = {
+    "image": '{"pixels": <28x28 numbers 0..255, or a list of them>} or '
+             '{"image_base64": "<PNG/JPEG>"} or a multipart "file" upload',
+    "text": '{"text": "<review>"} or {"texts": ["<review>", ...]}',
+}
+
+
+def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tuple[np.ndarray, bool]:
+    """A parsed /v1/classify body -> (model inputs, whether it was a single example)."""
+    kind = model.kind
+    if kind == "text":
+        return _text_inputs(model, doc)
+    if kind != "image":
+        raise InvalidInput(f"task {model.name!r} takes {kind} inputs, which the friendly API "
+                           "does not serve", expected=f"POST /v2/models/{model.name}/infer")
+    if "pixels" in doc:
+        pixels = _numeric_array(doc["pixels"], "pixels")
+        single = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 1)
+        return _preprocess(model, pixels), single
+    if "image_base64" in doc:
+        return image_inputs(model, _b64decode(doc["image_base64"]), invert), True
+    raise InvalidInput(f"no image in the request (keys: {', '.join(sorted(doc)) or 'none'})",
+                       expected=EXAMPLE_HINTS["image"])
+
+
+def image_inputs(model: ServedModel, data: bytes, invert: str = "auto") -> np.ndarray:
+    return _preprocess(model, decode_image(data, model.preprocess.size, model.name, invert))
+
+
+def _preprocess(model: ServedModel, raw) -> np.ndarray:
+    try:
+        x = model.preprocess(raw)
+    except PreprocessingError as e:
+        raise InvalidInput(str(e), expected=EXAMPLE_HINTS[model.kind]) from None
+    if len(x) == 0:
+        raise InvalidInput("the batch is empty", expected="at least one example")
+    return x
+
+
+def _b64decode(value) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidInput(f"image_base64 is a {type(value).__name__}",
+                           expected="a base64 string (a data: URL is fine)")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f"image_base64 is not valid base64 ({e})",
+                           expected="standard base64 of a PNG or JPEG file") from None
+
+
+def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
+    if "text" in doc:
+        texts, single = [doc["text"]], True
+    elif "texts" in doc:
+        texts, single = doc["texts"], False
+        if not isinstance(texts, list) or not texts:
+            raise InvalidInput("texts must be a non-empty list of strings",
+                               expected=EXAMPLE_HINTS["text"])
+    else:
+        raise InvalidInput(f"no text in the request (keys: {', '.join(sorted(doc)) or 'none'})",
+                           expected=EXAMPLE_HINTS["text"])
+    for i, t in enumerate(texts):
+        what = "text" if single else f"texts[{i}]"
+        if not isinstance(t, str):
+            raise InvalidInput(f"{what} is a {type(t).__name__}", expected="a string")
+        if not t.strip():
+            raise InvalidInput(f"{what} is empty", expected="a review with at least one word")
+        if len(t) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"{what} has {len(t):,} characters",
+                               expected=f"at most {MAX_TEXT_CHARS:,} characters (the model "
+                               f"reads only the first {model.preprocess.max_length} words)")
+    return model.preprocess(texts), single
+
+
+def top_k(model: ServedModel, probabilities: np.ndarray, k: int) -> list[list[dict]]:
+    k = min(k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    labels = model.labels
+    return [[{"label": labels[c], "class_id": int(c), "probability": round(float(row[c]), 6)}
+             for c in idx] for row, idx in zip(probabilities, order)]
+
+
+def classify_answer(model: ServedModel, probabilities: np.ndarray, k: int, single: bool,
+                    timing_ms: dict) -> bytes:
+    ranked = top_k(model, probabilities, k)
+    answer = {"task": model.name, "variant": model.variant.name, "model": model.variant.model}
+    if single:
+        answer["top_k"] = ranked[0]
+    else:
+        answer["results"] = [{"top_k": r} for r in ranked]
+    answer["timing_ms"] = timing_ms
+    return orjson.dumps(answer)
+
+
+# -- Open Inference Protocol (KServe V2) -------------------------------------------------
+@dataclass(frozen=True)
+class V2Request:
+    inputs: np.ndarray
+    id: str | None
+    binary_output: bool
+
+
+def v2_model_metadata(model: ServedModel) -> dict:
+    return {"name": model.name, "versions": [PROTOCOL_VERSION], "platform": "onnxruntime_onnx",
+            "inputs": [model.input.as_dict()], "outputs": [model.output.as_dict()]}
+
+
+def v2_decode(model: ServedModel, body: bytes, header_length: int | None) -> V2Request:
+    """Decode an infer request; with `header_length`, tensors follow the JSON header as bytes."""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a "
+                               f"body of {len(body)} bytes",
+                               expected="the byte length of the JSON header")
+        doc, binary = parse_json(body[:header_length]), memoryview(body)[header_length:]
+    else:
+        doc, binary = parse_json(body), memoryview(b"")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput("the request must have exactly one input tensor",
+                           expected=f"inputs: [{{name: {model.input.name!r}, shape, datatype, "
+                           "data}]")
+    tensor = inputs[0]
+    if tensor.get("name") != model.input.name:
+        raise InvalidInput(f"unknown input {tensor.get('name')!r} for model {model.name!r}",
+                           expected=f"input name {model.input.name!r}")
+    x = _v2_tensor(tensor, binary)
+    want_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    for out in doc.get("outputs") or []:
+        if not isinstance(out, dict) or out.get("name") != model.output.name:
+            name = out.get("name") if isinstance(out, dict) else out
+            raise InvalidInput(f"unknown output {name!r} for model {model.name!r}",
+                               expected=f"output name {model.output.name!r}")
+        want_binary = bool((out.get("parameters") or {}).get("binary_data", want_binary))
+    request_id = doc.get("id")
+    return V2Request(model.check_tensor(x, f"input {model.input.name!r}"),
+                     str(request_id) if request_id is not None else None, want_binary)
+
+
+def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
+    datatype, shape = tensor.get("datatype"), tensor.get("shape")
+    if datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"datatype {datatype!r} is not supported",
+                           expected=f"one of {', '.join(sorted(NUMPY_DTYPES))}")
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidInput(f"shape {shape!r} is not a list of non-negative integers",
+                           expected="e.g. [1, 28, 28, 1]")
+    dtype, count = NUMPY_DTYPES[datatype], int(np.prod(shape))
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if size != len(binary) or size != count * dtype.itemsize:
+            raise InvalidInput(f"binary_data_size {size} does not match the {len(binary)} bytes "
+                               f"after the header or shape {shape} of {datatype}",
+                               expected=f"{count * dtype.itemsize} bytes")
+        return np.frombuffer(binary, dtype=dtype).reshape(shape)
+    if "data" not in tensor:
+        raise InvalidInput("the input has neither data nor parameters.binary_data_size",
+                           expected="data (JSON) or binary tensor data")
+    arr = _numeric_array(tensor["data"], "data")
+    if dtype.kind in "iu" and arr.dtype.kind == "f":
+        raise InvalidInput(f"data holds fractional numbers for datatype {datatype}",
+                           expected="integers")
+    if arr.size != count:
+        raise InvalidInput(f"data has {arr.size} values but shape {shape} needs {count}",
+                           expected=f"{count} values in row-major order")
+    return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tuple[bytes, int | None]:
+    """Response body, and the JSON header length when tensors follow it as binary data."""
+    outputs = np.ascontiguousarray(outputs, dtype=np.float32)
+    tensor = {"name": model.output.name, "datatype": V2_DATATYPES[outputs.dtype],
+              "shape": list(outputs.shape)}
+    answer = {"model_name": model.name, "model_version": PROTOCOL_VERSION, "outputs": [tensor]}
+    if request.id is not None:
+        answer["id"] = request.id
+    if not request.binary_output:
+        tensor["data"] = outputs.ravel().tolist()
+        return orjson.dumps(answer), None
+    raw = outputs.tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = orjson.dumps(answer)
+    return header + raw, len(header)
+
+
+# -- TensorFlow Serving REST -------------------------------------------------------------
+def tfserving_decode(model: ServedModel, body: bytes) -> tuple[np.ndarray, str]:
+    """`{"instances": [...]}` (row format) or `{"inputs": ...}` (columnar) -> (inputs, key)."""
+    doc = parse_json(body)
+    signature = doc.get("signature_name", "serving_default")
+    if signature != "serving_default":
+        raise InvalidInput(f"unknown signature_name {signature!r}", expected="serving_default")
+    name = model.input.name
+    if "instances" in doc:
+        rows, key = doc["instances"], "predictions"
+        if not isinstance(rows, list) or not rows:
+            raise InvalidInput("instances must be a non-empty list",
+                               expected="one model input per instance")
+        if isinstance(rows[0], dict):
+            rows = [_named(r, name) for r in rows]
+    elif "inputs" in doc:
+        rows, key = doc["inputs"], "outputs"
+        if isinstance(rows, dict):
+            rows = _named(rows, name)
+    else:
+        raise InvalidInput(f"no instances or inputs in the request (keys: {', '.join(doc)})",
+                           expected='{"instances": [...]} or {"inputs": ...}')
+    arr = _numeric_array(rows, key == "predictions" and "instances" or "inputs")
+    if model.input.dtype.kind in "iu" and arr.dtype.kind == "f":
+        raise InvalidInput("the inputs hold fractional numbers", expected="integer token ids")
+    return model.check_tensor(arr.astype(model.input.dtype, copy=False)), key
+
+
+def _named(value, name: str):
+    if not isinstance(value, dict) or set(value) != {name}:
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise InvalidInput(f"named inputs {keys} do not match the model",
+                           expected=f"exactly one input named {name!r}")
+    return value[name]
+
+
+def tfserving_status(model: ServedModel) -> dict:
+    state = "AVAILABLE" if model.ready else ("LOADING" if model.error is None else "END")
+    status = {"error_code": "OK" if model.error is None else "UNKNOWN",
+              "error_message": model.error or ""}
+    return {"model_version_status": [{"version": PROTOCOL_VERSION, "state": state,
+                                      "status": status}]}
+
+
+class UnknownVersion(UnknownModel):
+    def __init__(self, name: str, version: str):
+        super().__init__(f"model {name!r} has no version {version!r}",
+                         expected=f"version {PROTOCOL_VERSION!r} (or no version in the path)")

@@ -1,0 +1,104 @@
+"""OpenAPI text and examples for /docs (the routes read raw bodies, so we declare them here)."""
+from __future__ import annotations
+
+DESCRIPTION = """
+Image and text classifiers (Fashion-MNIST, Sign-Language letters, IMDB sentiment) served with
+ONNX Runtime. Three ways in:
+
+* **friendly**: `POST /v1/classify/{task}` with pixels, an image or text; answers top-k labels;
+* **v2**: the Open Inference Protocol (KServe V2, Triton's HTTP API) incl. binary tensors;
+* **tfserving**: TensorFlow Serving's `POST /v1/models/{name}:predict`.
+
+Tasks: `fashion_mnist`, `sign_mnist`, `imdb`; they are also the model names of the standard
+protocols, whose tensors are the ONNX model's own (preprocessed) inputs and outputs.
+With an API key configured, send `Authorization: Bearer <key>` (health probes are open).
+Errors are JSON: `{"error": "...", "code": "...", "expected": "..."}`.
+"""
+
+TAGS = [
+    {"name": "friendly", "description": "Raw inputs in, human labels out."},
+    {"name": "v2", "description": "Open Inference Protocol (KServe V2 / Triton HTTP)."},
+    {"name": "tfserving", "description": "TensorFlow Serving REST API."},
+    {"name": "operations", "description": "Metrics."},
+]
+
+_PIXELS_EXAMPLE = [[0] * 28 for _ in range(28)]
+_TOP_K = [{"label": "Ankle boot", "class_id": 9, "probability": 0.97},
+          {"label": "Sneaker", "class_id": 7, "probability": 0.02},
+          {"label": "Sandal", "class_id": 5, "probability": 0.01}]
+
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {
+                    "pixels": {"description": "28x28 numbers 0..255 (or a list of such "
+                               "arrays for a batch); images: fashion_mnist, sign_mnist",
+                               "type": "array", "items": {}},
+                    "image_base64": {"type": "string",
+                                     "description": "a PNG/JPEG file, base64 (data: URL ok)"},
+                    "text": {"type": "string", "description": "one review (imdb)"},
+                    "texts": {"type": "array", "items": {"type": "string"},
+                              "description": "several reviews (imdb)"}}},
+                "examples": {
+                    "pixels": {"summary": "fashion_mnist / sign_mnist: one 28x28 image",
+                               "value": {"pixels": _PIXELS_EXAMPLE}},
+                    "image_base64": {"summary": "an encoded image (1x1 white PNG here)",
+                                     "value": {"image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+                                               "CAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAW8Jx1QAAAABJ"
+                                               "RU5ErkJggg=="}},
+                    "text": {"summary": "imdb: one review",
+                             "value": {"text": "A wonderful film, I loved every minute."}},
+                    "texts": {"summary": "imdb: a batch",
+                              "value": {"texts": ["Great acting.", "Dull and far too long."]}},
+                },
+            },
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "any size or colour; converted to 28x28 gray"}}},
+            },
+        },
+    },
+}
+
+CLASSIFY_RESPONSES = {
+    200: {"description": "top-k labels (one input) or a list of them (`results`, batch)",
+          "content": {"application/json": {"example": {
+              "task": "fashion_mnist", "variant": "fashion_cnn-qat-int8", "model": "fashion_cnn",
+              "top_k": _TOP_K,
+              "timing_ms": {"queue": 0.01, "inference": 0.05, "batch_rows": 1, "total": 0.2}}}}},
+    422: {"description": "input the model cannot take",
+          "content": {"application/json": {"example": {
+              "error": "pixel values must be in 0..255, got min 0 and max 300",
+              "code": "invalid_input", "expected": '{"pixels": <28x28 numbers 0..255>}'}}}},
+    503: {"description": "model loading/failed, or queue full (with Retry-After)"},
+}
+
+V2_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON; or with header Inference-Header-Content-Length: N, an N-byte "
+                       "JSON header followed by raw little-endian tensors (binary extension).",
+        "content": {"application/json": {"examples": {
+            "fashion_mnist": {"summary": "one preprocessed image (FP32 [1,28,28,1], values "
+                              "0..1 for minmax scaling)",
+                              "value": {"inputs": [{"name": "input", "datatype": "FP32",
+                                                    "shape": [1, 28, 28, 1],
+                                                    "data": [0.0] * 784}]}},
+        }}},
+    },
+}
+
+TFS_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"examples": {
+            "instances": {"summary": "row format: one model input per instance",
+                          "value": {"instances": [[[[0.0]] * 28] * 28]}},
+            "inputs": {"summary": "columnar format",
+                       "value": {"inputs": {"input": [[[[0.0]] * 28] * 28]}}},
+        }}},
+    },
+}

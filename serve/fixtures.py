@@ -1,0 +1,166 @@
+"""Small real ONNX classifiers built with `onnx.helper`, written as artifact variants.
+
+For tests and load benchmarks of the server where no trained artifacts exist yet: the models
+have random weights (their answers mean nothing) but the same inputs, outputs, manifests and
+preprocessing as trained variants, and they build in milliseconds without TensorFlow.
+
+    python -m serve.fixtures --artifacts /tmp/fixture-artifacts [--image-model cnn]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from trainer.artifacts import create_variant, select_variant
+from trainer.preprocessing import ImagePreprocessor, TextTokenizer
+from trainer.tasks import get_task
+
+OPSET = 17
+IMAGE_SHAPE = [None, 28, 28, 1]
+SAMPLE_REVIEWS = (
+    "A wonderful film with great acting and a moving story, I loved it.",
+    "Dull, slow and far too long; the worst movie I have seen this year.",
+    "The plot was predictable but the music and the cast were excellent.",
+    "Terrible script, bad jokes, I want my money back.",
+)
+
+
+def _graph_model(nodes, inputs, outputs, initializers) -> bytes:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "fixture", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="serve.fixtures")
+    model.ir_version = 8  # readable by every ONNX Runtime this toolkit supports
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _init(name: str, array: np.ndarray):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def image_mlp_onnx(num_classes: int, hidden: int = 64, seed: int = 0) -> bytes:
+    """float32 (N,28,28,1) -> Flatten -> Dense(hidden, relu) -> Dense(C, softmax)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", rng.normal(0, 0.1, (784, hidden)).astype(np.float32)),
+             _init("b1", np.zeros(hidden, np.float32)),
+             _init("w2", rng.normal(0, 0.3, (hidden, num_classes)).astype(np.float32)),
+             _init("b2", np.zeros(num_classes, np.float32))]
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "w1", "b1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["hr"]),
+             helper.make_node("Gemm", ["hr", "w2", "b2"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    return _graph_model(
+        nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 28, 28, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])], inits)
+
+
+def image_cnn_onnx(num_classes: int, channels: tuple[int, int] = (32, 64), seed: int = 0) -> bytes:
+    """float32 (N,28,28,1) -> 2 x [Conv3x3, ReLU, MaxPool2] -> Dense(C, softmax): a CNN whose
+    per-image cost (~a few MFLOPs) is big enough that batching matters."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    c1, c2 = channels
+    inits = [_init("k1", rng.normal(0, 0.3, (c1, 1, 3, 3)).astype(np.float32)),
+             _init("kb1", np.zeros(c1, np.float32)),
+             _init("k2", rng.normal(0, 0.1, (c2, c1, 3, 3)).astype(np.float32)),
+             _init("kb2", np.zeros(c2, np.float32)),
+             _init("w", rng.normal(0, 0.05, (c2 * 7 * 7, num_classes)).astype(np.float32)),
+             _init("b", np.zeros(num_classes, np.float32))]
+    nodes = [helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x", "k1", "kb1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "k2", "kb2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p2"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    return _graph_model(
+        nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 28, 28, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])], inits)
+
+
+def text_onnx(vocab_size: int, max_length: int, dim: int = 16, seed: int = 0) -> bytes:
+    """int32 (N, L) token ids -> Embedding -> mean over words -> Dense(1, sigmoid)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = [_init("embedding", rng.normal(0, 1.0, (vocab_size, dim)).astype(np.float32)),
+             _init("w", rng.normal(0, 1.0, (dim, 1)).astype(np.float32)),
+             _init("b", np.zeros(1, np.float32))]
+    nodes = [helper.make_node("Gather", ["embedding", "input"], ["emb"], axis=0),
+             helper.make_node("ReduceMean", ["emb"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["mean", "w", "b"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    return _graph_model(
+        nodes, [helper.make_tensor_value_info("input", TensorProto.INT32, ["N", max_length])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])], inits)
+
+
+def write_image_variant(root: Path, task: str, image_model: str = "mlp", seed: int = 0) -> str:
+    labels = list(get_task(task).labels)
+    build = {"mlp": image_mlp_onnx, "cnn": image_cnn_onnx}[image_model]
+    name = f"fixture_{image_model}"
+    with create_variant(root, task=task, model=name, variant=name,
+                        lineage={"parent": None, "technique": "fixture",
+                                 "params": {"builder": build.__name__, "seed": seed}},
+                        input={"name": "input", "shape": IMAGE_SHAPE, "dtype": "float32"},
+                        output={"name": "probs", "activation": "softmax"},
+                        preprocessing=ImagePreprocessor().to_config(), labels=labels,
+                        metrics={"data_source": "none (random weights)"}) as v:
+        v.path("model.onnx").write_bytes(build(len(labels), seed=seed))
+    select_variant(root, task, name, reason={"why": "test fixture"})
+    return name
+
+
+def write_text_variant(root: Path, task: str = "imdb", max_length: int = 64, seed: int = 0) -> str:
+    tokenizer = TextTokenizer.fit(SAMPLE_REVIEWS, vocab_size=100, max_length=max_length)
+    name = "fixture_text"
+    with create_variant(root, task=task, model=name, variant=name,
+                        lineage={"parent": None, "technique": "fixture",
+                                 "params": {"builder": "text_onnx", "seed": seed}},
+                        input={"name": "input", "shape": [None, max_length], "dtype": "int32"},
+                        output={"name": "prob", "activation": "sigmoid"},
+                        preprocessing=tokenizer.to_config(), labels=list(get_task(task).labels),
+                        metrics={"data_source": "none (random weights)"}) as v:
+        tokenizer.save_vocabulary(v.dir)
+        v.path("model.onnx").write_bytes(text_onnx(tokenizer.vocab_size, max_length, seed=seed))
+    select_variant(root, task, name, reason={"why": "test fixture"})
+    return name
+
+
+def write_fixture_artifacts(root: str | Path, image_model: str = "mlp",
+                            sign_model: str | None = None) -> Path:
+    """Selected fixture variants for fashion_mnist, sign_mnist and imdb under `root`."""
+    root = Path(root)
+    write_image_variant(root, "fashion_mnist", image_model)
+    write_image_variant(root, "sign_mnist", sign_model or image_model, seed=1)
+    write_text_variant(root)
+    return root
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serve.fixtures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--image-model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--sign-model", choices=("mlp", "cnn"), default=None,
+                        help="model for sign_mnist (default: --image-model)")
+    args = parser.parse_args(argv)
+    print(write_fixture_artifacts(args.artifacts, args.image_model, args.sign_model))
+
+
+if __name__ == "__main__":
+    main()

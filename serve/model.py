@@ -1,0 +1,202 @@
+"""One served model: a task's selected variant, loaded through the artifact contract.
+
+`ServedModel.load()` reads the selected variant (checksums verified), rebuilds its
+preprocessing and labels from the manifest, opens one ONNX Runtime session on the best
+usable provider and warms it up. Only then is the model `ready`. A model that fails to load
+keeps its error message, which its endpoints and the startup log report; the other models
+are not affected. No TensorFlow, no HTTP.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
+from trainer.artifacts import ArtifactError, Variant, selected_variant
+from trainer.runtime import make_session
+
+log = logging.getLogger("serve.model")
+
+# Open Inference Protocol datatypes of the numpy dtypes our models take and give.
+V2_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
+                np.dtype(np.int64): "INT64", np.dtype(np.float64): "FP64",
+                np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
+NUMPY_DTYPES = {v: k for k, v in V2_DATATYPES.items()}
+WARMUP_ROUNDS = 3
+
+
+class ModelState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of a model tensor; shape[0] is the batch dimension (-1)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def datatype(self) -> str:
+        return V2_DATATYPES[self.dtype]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class ServedModel:
+    """Load/ready/predict for one task, in the KServe model-class shape."""
+
+    def __init__(self, task: str, artifacts: Path, providers=("cuda", "cpu"), threads: int = 1,
+                 warmup_batch_sizes: tuple[int, ...] = (1,)):
+        self.name = task
+        self.artifacts = Path(artifacts)
+        self.providers = tuple(providers)
+        self.threads = threads
+        self.warmup_batch_sizes = warmup_batch_sizes
+        self.state = ModelState.LOADING
+        self.error: str | None = None
+        self.variant: Variant | None = None
+        self.preprocess = None
+        self.labels: list[str] = []
+        self.input: TensorSpec | None = None
+        self.output: TensorSpec | None = None
+        self.activation = "softmax"
+        self.provider = None
+        self.load_seconds = None
+        self._session = None
+        self._input_range: tuple[float, float] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def kind(self) -> str:
+        return self.variant.manifest["preprocessing"]["type"] if self.variant else "unknown"
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> "ServedModel":
+        """Load and warm up; never raises for a broken artifact (state FAILED + error instead)."""
+        start = time.perf_counter()
+        try:
+            self._load()
+        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as e:
+            # ONNX Runtime raises its own RuntimeError subclasses for a corrupt model file.
+            self.state, self.error = ModelState.FAILED, f"{type(e).__name__}: {e}"
+            log.error("model %s failed to load: %s", self.name, self.error)
+            return self
+        self.load_seconds = time.perf_counter() - start
+        self.state = ModelState.READY
+        log.info("model %s ready: variant %s on %s in %.2fs", self.name, self.variant.name,
+                 self.provider, self.load_seconds)
+        return self
+
+    def _load(self) -> None:
+        variant = selected_variant(self.artifacts, self.name, verify=True)
+        manifest = variant.manifest
+        preprocess = variant.preprocessor()
+        session = make_session(variant.file("model.onnx"), providers=self.providers,
+                               threads=self.threads)
+        onnx_inputs = {i.name: i for i in session.get_inputs()}
+        input_name = manifest["input"]["name"]
+        if input_name not in onnx_inputs:
+            raise ArtifactError(
+                f"{variant.path}: manifest input {input_name!r} is not an input of model.onnx "
+                f"(inputs: {', '.join(onnx_inputs)})")
+        dtype = np.dtype(manifest["input"]["dtype"])
+        shape = tuple(-1 if d is None else int(d) for d in manifest["input"]["shape"])
+        activation = manifest["output"].get("activation", "softmax")
+        if activation not in ("softmax", "sigmoid"):
+            raise ArtifactError(f"{variant.path}: output activation {activation!r} is not "
+                                "one of softmax, sigmoid")
+        width = 1 if activation == "sigmoid" else len(manifest["labels"])
+        out = session.get_outputs()[0]
+        self.variant, self.preprocess, self._session = variant, preprocess, session
+        self.labels = list(manifest["labels"])
+        self.input = TensorSpec(input_name, dtype, shape)
+        self.output = TensorSpec(out.name, np.dtype(np.float32), (-1, width))
+        self.activation = activation
+        self.provider = session.get_providers()[0]
+        self._input_range = self._valid_input_range()
+        for n in self.warmup_batch_sizes:
+            example = np.zeros((n, *shape[1:]), dtype=dtype)
+            for _ in range(WARMUP_ROUNDS):
+                raw = self.predict(example)
+            if raw.shape != (n, width):
+                raise ArtifactError(f"{variant.path}: model.onnx gives outputs of shape "
+                                    f"{raw.shape} for {n} inputs; expected {(n, width)}")
+
+    def _valid_input_range(self) -> tuple[float, float]:
+        """Values a model input can hold after preprocessing (for checks on raw tensors)."""
+        if self.kind == "text":
+            return 0, self.preprocess.vocab_size - 1
+        if self.kind == "image":
+            size = self.preprocess.size
+            ends = self.preprocess(np.array([np.zeros((size, size)), np.full((size, size), 255)]))
+            return float(ends.min()), float(ends.max())
+        return -np.inf, np.inf
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "state": self.state.value}
+        if self.error:
+            out["error"] = self.error
+        if self.variant is not None:
+            out.update(variant=self.variant.name, model=self.variant.model,
+                       provider=self.provider, labels=self.labels,
+                       test_accuracy=self.variant.metrics.get("test_accuracy"),
+                       lineage=self.variant.lineage)
+        return out
+
+    # -- inference -------------------------------------------------------------------------
+    def require_ready(self) -> None:
+        if self.state is ModelState.LOADING:
+            raise ModelNotReady(f"model {self.name!r} is still loading", expected="retry shortly")
+        if self.state is ModelState.FAILED:
+            raise ModelNotReady(f"model {self.name!r} failed to load: {self.error}",
+                                expected="a valid selected variant (see the server log)")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw model outputs for a batch of model inputs (already preprocessed and checked)."""
+        try:
+            return self._session.run(None, {self.input.name: x})[0]
+        except (RuntimeError, ValueError) as e:  # ORT's Fail/InvalidArgument derive from these
+            raise InferenceFailed(f"model {self.name!r} failed on a batch of {len(x)}: {e}") from e
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """(N, C) class probabilities: a sigmoid column p(positive) becomes [1 - p, p]."""
+        if self.activation == "sigmoid":
+            p = raw.reshape(-1, 1).astype(np.float64)
+            return np.concatenate([1.0 - p, p], axis=1)
+        return raw.astype(np.float64, copy=False)
+
+    def check_tensor(self, x: np.ndarray, what: str = "input") -> np.ndarray:
+        """Validate a raw model-input tensor (standard protocols): dtype, shape, values."""
+        spec = self.input
+        if x.dtype != spec.dtype:
+            raise InvalidInput(f"{what} has datatype {V2_DATATYPES.get(x.dtype, str(x.dtype))}",
+                               expected=f"{spec.datatype} with shape {list(spec.shape)}")
+        if x.ndim == len(spec.shape) - 1:
+            x = x[None]  # one example without its batch dimension
+        if x.ndim != len(spec.shape) or any(d != -1 and d != s for d, s in zip(spec.shape, x.shape)):
+            raise InvalidInput(f"{what} has shape {list(x.shape)}",
+                               expected=f"shape {list(spec.shape)} (-1: any batch size)")
+        if x.shape[0] == 0:
+            raise InvalidInput(f"{what} is an empty batch", expected="at least one example")
+        lo, hi = self._input_range
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InvalidInput(f"{what} contains NaN or infinity",
+                               expected=f"finite values in [{lo:g}, {hi:g}]")
+        if x.min() < lo - 1e-3 or x.max() > hi + 1e-3:
+            raise InvalidInput(f"{what} values span [{x.min():g}, {x.max():g}]",
+                               expected=f"values in [{lo:g}, {hi:g}] (the preprocessed range; "
+                               f"send raw data to /v1/classify/{self.name} instead)")
+        return np.ascontiguousarray(x)
