@@ -1,0 +1,155 @@
+"""The CI gate: compare a bench record with `benchmarks/baseline.json`.
+
+A row (task/variant/runtime) fails when
+  - its accuracy dropped by more than its budget (`accuracy_budget_pts`, percentage points), or
+  - a speed ratio against the float Keras baseline of the same run (`speedup_p50`,
+    `throughput_<batch>`) fell by more than `speed_tolerance` (25%) of the baseline's ratio, or
+  - it is in the baseline but missing from the run, or failed to run.
+Ratios, not absolute times, are compared: CI machines differ and are noisy, but a variant that
+was 3x faster than its Keras parent should stay about 3x faster on any machine.
+
+Rows new in the run are listed and not gated. Updating the baseline is one command, after a
+run on the same data as CI (the bundled samples):
+
+    python -m benchmarks run --quick && python -m benchmarks check --update
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASELINE_SCHEMA = "tinyship.bench-baseline/1"
+SPEED_TOLERANCE = 0.25
+SPEED_KEYS_PREFIX = ("speedup_p50", "throughput_")
+
+
+class BaselineError(ValueError):
+    """A missing/unreadable baseline or bench record, or one measured on other data."""
+
+
+def load_bench(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BaselineError(f"{path} does not exist; run `python -m benchmarks run` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BaselineError(f"{path}: not valid JSON ({e})") from None
+
+
+def _row_key(row: dict) -> str:
+    return f"{row['task']}/{row['variant']}/{row['runtime']}"
+
+
+def _data_signature(task_info: dict) -> dict:
+    # The bundled sample's path differs between clones; what matters is which data and how much.
+    source = task_info["data_source"]
+    return {"bundled_sample": source.startswith("bundled sample"), "n_test": task_info["n_test"]}
+
+
+def _speed_ratios(row: dict) -> dict:
+    ratios = row.get("ratios") or {}
+    return {k: v for k, v in ratios.items() if k.startswith(SPEED_KEYS_PREFIX)}
+
+
+def make_baseline(bench: dict, accuracy_budget_pts: float = 1.0) -> dict:
+    rows = {}
+    for row in bench["results"]:
+        if row.get("error"):
+            continue
+        entry = {"accuracy": row["accuracy"], "accuracy_budget_pts": accuracy_budget_pts}
+        is_reference = row["baseline"] == f"{row['variant']}/{row['runtime']}"
+        if not is_reference:  # the Keras baseline's own ratios are 1 by definition
+            entry.update({k: round(v, 4) for k, v in _speed_ratios(row).items()})
+        rows[_row_key(row)] = entry
+    return {
+        "schema": BASELINE_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "from_bench_created": bench.get("created"),
+        "speed_tolerance": SPEED_TOLERANCE,
+        "data": {task: _data_signature(info) for task, info in bench["tasks"].items()},
+        "rows": rows,
+    }
+
+
+def update_baseline(bench: dict, path: str | Path, accuracy_budget_pts: float = 1.0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(make_baseline(bench, accuracy_budget_pts), indent=2) + "\n")
+    return path
+
+
+@dataclass
+class CheckResult:
+    failures: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    new_rows: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def render(self) -> str:
+        lines = [f"benchmark check: {'PASS' if self.ok else 'FAIL'} "
+                 f"({len(self.passed)} rows within budget, {len(self.failures)} failures, "
+                 f"{len(self.new_rows)} new rows not in the baseline)"]
+        lines += [f"  FAIL {f}" for f in self.failures]
+        lines += [f"  new  {n} (not gated; update the baseline to gate it)" for n in self.new_rows]
+        if not self.ok:
+            lines.append("If the change is intended: python -m benchmarks run --quick && "
+                         "python -m benchmarks check --update, and commit benchmarks/baseline.json")
+        return "\n".join(lines)
+
+
+def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
+    if not isinstance(baseline, dict):
+        path = Path(baseline)
+        if not path.is_file():
+            raise BaselineError(f"baseline {path} does not exist; create it with "
+                                "`python -m benchmarks check --update`")
+        baseline = json.loads(path.read_text())
+    if baseline.get("schema") != BASELINE_SCHEMA:
+        raise BaselineError(f"baseline schema {baseline.get('schema')!r}; expected {BASELINE_SCHEMA}")
+    for task, expected in baseline["data"].items():
+        info = bench["tasks"].get(task)
+        if info is not None and _data_signature(info) != expected:
+            raise BaselineError(
+                f"{task}: the run used {_data_signature(info)} but the baseline was measured on "
+                f"{expected}; accuracies are not comparable (run on the same data, or update "
+                "the baseline)")
+    tolerance = float(baseline.get("speed_tolerance", SPEED_TOLERANCE))
+    result = CheckResult()
+    rows = {_row_key(r): r for r in bench["results"]}
+    for key, expected in baseline["rows"].items():
+        row = rows.get(key)
+        if row is None:
+            result.failures.append(f"{key}: in the baseline but not in this run")
+            continue
+        if row.get("error"):
+            result.failures.append(f"{key}: failed to run ({row['error']})")
+            continue
+        problems = []
+        drop_pts = 100 * (expected["accuracy"] - row["accuracy"])
+        if drop_pts > expected["accuracy_budget_pts"]:
+            problems.append(f"accuracy {100 * row['accuracy']:.2f}% is {drop_pts:.2f} pts below "
+                            f"the baseline's {100 * expected['accuracy']:.2f}% (budget "
+                            f"{expected['accuracy_budget_pts']} pts)")
+        current = _speed_ratios(row)
+        for name, base_value in expected.items():
+            if not name.startswith(SPEED_KEYS_PREFIX):
+                continue
+            value = current.get(name)
+            if value is None:
+                problems.append(f"{name} not measured in this run (baseline {base_value:.2f}x)")
+            elif value < base_value * (1 - tolerance):
+                problems.append(f"{name} {value:.2f}x vs baseline {base_value:.2f}x "
+                                f"({100 * (value / base_value - 1):+.0f}%, allowed "
+                                f"-{100 * tolerance:.0f}%)")
+        if problems:
+            result.failures.append(f"{key}: " + "; ".join(problems))
+        else:
+            result.passed.append(key)
+    result.new_rows = sorted(set(rows) - set(baseline["rows"]))
+    return result

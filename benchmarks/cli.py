@@ -1,0 +1,194 @@
+"""`python -m benchmarks <command>`: run, report, latency, load, check.
+
+    run       every variant x runtime on the CPU -> reports/bench.{json,md}, plots, index.html
+    report    re-render bench.md / plots / index.html from a saved reports/bench.json
+    latency   ONNX Runtime only (no TensorFlow needed): providers x batch sizes, GPU-host path
+    load      HTTP load test of a running server at several concurrency levels
+    check     CI gate: compare reports/bench.json with benchmarks/baseline.json
+
+Heavy imports happen inside each command, so `latency`, `load` and `check` never import
+TensorFlow (the Keras runner imports it only when `run` opens a Keras model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _csv(kind):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        try:
+            return tuple(kind(t) for t in items)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, "
+                                             f"got {text!r}") from None
+    return parse
+
+
+def cmd_run(args) -> int:
+    from benchmarks.report import write_reports
+    from benchmarks.suite import Settings, quick_settings, run_suite
+
+    chosen = {"threads": args.threads, "data_dir": args.data_dir}
+    for key in ("budget_s", "rounds", "batch_sizes", "runtimes", "tasks"):
+        value = getattr(args, key)
+        if value is not None:
+            chosen[key] = value
+    settings = quick_settings(**chosen) if args.quick else Settings(**chosen)
+    bench = run_suite(args.artifacts, settings)
+    paths = write_reports(bench, args.reports)
+    print(paths["markdown"].read_text())
+    print(f"report: {paths['html'].resolve()}  (data: {paths['json']}, "
+          f"{len(paths['plots'])} plots; took {bench['duration_s']} s)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from benchmarks.report import BENCH_JSON, render_all
+
+    reports = Path(args.reports)
+    path = reports / BENCH_JSON
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist; run `python -m benchmarks run` first")
+    paths = render_all(json.loads(path.read_text()), reports)
+    print(paths["markdown"].read_text())
+    print(f"report: {paths['html'].resolve()}")
+    return 0
+
+
+def cmd_latency(args) -> int:
+    from benchmarks.latency import LatencySettings, render_latency_markdown, run_latency, write_latency
+
+    settings = LatencySettings(providers=args.providers, batch_sizes=args.batch_sizes,
+                               threads=args.threads, budget_s=args.budget_s, rounds=args.rounds,
+                               cuda_graph=args.cuda_graph, tasks=args.tasks)
+    record = run_latency(args.artifacts, args.data, settings)
+    path = write_latency(record, args.reports)
+    print(render_latency_markdown(record))
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_load(args) -> int:
+    from benchmarks.load import LoadSettings, render_load_markdown, run_load, write_load
+
+    settings = LoadSettings(url=args.url, task=args.task, concurrency=args.concurrency,
+                            duration_s=args.duration, protocol=args.protocol,
+                            data_dir=args.data_dir, artifacts=args.artifacts,
+                            timeout_s=args.timeout)
+    record = run_load(settings)
+    path = write_load(record, args.reports)
+    print(render_load_markdown(record))
+    print(f"record: {path}")
+    # Against the dataset's labels, wrong answers include the model's honest mistakes; against
+    # the selected variant run locally, any difference is a serving bug.
+    gate_wrong = record["reference"]["kind"] == "model"
+    failed = any(lvl["errors"] or (gate_wrong and lvl["wrong_answers"]) for lvl in record["levels"])
+    return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from benchmarks.check import check, load_bench, update_baseline
+
+    bench = load_bench(args.bench)
+    if args.update:
+        path = update_baseline(bench, args.baseline, accuracy_budget_pts=args.accuracy_budget)
+        print(f"baseline written: {path} ({args.bench} -> {args.baseline}); commit it")
+        return 0
+    result = check(bench, args.baseline)
+    print(result.render())
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="measure every variant on keras/litert/onnx (CPU)")
+    run.add_argument("--artifacts", default="artifacts")
+    run.add_argument("--reports", default="reports")
+    run.add_argument("--data-dir", default=None,
+                     help="full datasets (default: DATA_DIR, else the bundled samples)")
+    run.add_argument("--threads", type=int, default=1, help="intra-op threads per runtime (1)")
+    run.add_argument("--budget-s", dest="budget_s", type=float, default=None,
+                     help="seconds per measurement round (default 0.3; --quick 0.08)")
+    run.add_argument("--rounds", type=int, default=None, help="rounds per measurement (3)")
+    run.add_argument("--batch-sizes", dest="batch_sizes", type=_csv(int), default=None,
+                     help="Offline batch sizes (32,256)")
+    run.add_argument("--runtimes", type=_csv(str), default=None, help="keras,litert,onnx")
+    run.add_argument("--tasks", type=_csv(str), default=None,
+                     help="tasks (default: the served ones)")
+    run.add_argument("--quick", action="store_true", help="short rounds (CI)")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="re-render reports from reports/bench.json")
+    rep.add_argument("--reports", default="reports")
+    rep.set_defaults(func=cmd_report)
+
+    lat = sub.add_parser("latency", help="ONNX Runtime providers x batch sizes (GPU hosts; "
+                                         "numpy + onnxruntime only)")
+    lat.add_argument("--artifacts", default="artifacts")
+    lat.add_argument("--reports", default="reports")
+    lat.add_argument("--providers", type=_csv(str), default=("cpu",),
+                     help="comma-separated: cuda,tensorrt,cpu (each measured separately)")
+    lat.add_argument("--data", default=None,
+                     help="a <task>.npz file or a folder of them (default: DATA_DIR, else the "
+                          "bundled samples)")
+    lat.add_argument("--batch-sizes", dest="batch_sizes", type=_csv(int), default=(1, 32, 256))
+    lat.add_argument("--threads", type=int, default=1, help="CPU provider intra-op threads")
+    lat.add_argument("--budget-s", dest="budget_s", type=float, default=0.3)
+    lat.add_argument("--rounds", type=int, default=3)
+    lat.add_argument("--cuda-graph", action="store_true",
+                     help="also time CUDA-graph replay (cuda provider, bound buffers)")
+    lat.add_argument("--tasks", type=_csv(str), default=None)
+    lat.set_defaults(func=cmd_latency)
+
+    load = sub.add_parser("load", help="HTTP load test of a running server")
+    load.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    load.add_argument("--task", required=True)
+    load.add_argument("--concurrency", type=_csv(int), default=(1, 8, 32, 64))
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    load.add_argument("--protocol", choices=("auto", "v1", "v2"), default="auto",
+                      help="v1: /v1/classify/{task}; v2: KServe /v2/models/{task}/infer")
+    load.add_argument("--data-dir", default=None)
+    load.add_argument("--artifacts", default=None,
+                      help="check answers against the task's selected variant run locally "
+                           "(default: against the dataset's labels)")
+    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    load.add_argument("--reports", default="reports")
+    load.set_defaults(func=cmd_load)
+
+    chk = sub.add_parser("check", help="fail when accuracy or speed ratios regress vs a baseline")
+    chk.add_argument("--baseline", default="benchmarks/baseline.json")
+    chk.add_argument("--bench", default="reports/bench.json")
+    chk.add_argument("--update", action="store_true",
+                     help="write the baseline from --bench instead of checking")
+    chk.add_argument("--accuracy-budget", type=float, default=1.0,
+                     help="with --update: allowed accuracy drop per row, in points (1.0)")
+    chk.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from benchmarks.check import BaselineError
+    from benchmarks.load import LoadError
+    from benchmarks.measure import MeasureError
+    from benchmarks.runners import RunnerError
+    from benchmarks.suite import BenchmarkError
+    from trainer.artifacts import ArtifactError
+    from trainer.data import DatasetNotFoundError
+    from trainer.runtime import ProviderUnavailableError
+
+    try:
+        return args.func(args)
+    except (BenchmarkError, RunnerError, ProviderUnavailableError, ArtifactError, LoadError,
+            BaselineError, MeasureError, DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,221 @@
+"""`python -m benchmarks latency`: ONNX Runtime only, every provider asked for x batch sizes.
+
+This is the path for a GPU host that has numpy and onnxruntime-gpu but no TensorFlow:
+
+    python -m benchmarks latency --artifacts artifacts --providers cuda,cpu --data fashion_mnist.npz
+
+Every provider must really be usable: one that is not is an error listing the usable ones,
+before anything is measured (never a CUDA row that silently ran on the CPU; each session's
+providers are checked again by trainer.runtime.make_session(strict=True) and recorded).
+
+Modes measured per provider and batch size:
+  - "numpy":  `session.run` with numpy input and output: what a caller sees, host<->device
+              copies included on a GPU;
+  - "bound":  IO binding: the input is copied to the provider's device once, the output buffer
+              lives there too, and only the run is timed (no copies). On the CPU provider this
+              only removes the output allocation;
+  - "cuda-graph" (--cuda-graph, CUDA provider): bound buffers plus CUDA-graph capture/replay,
+              which removes per-kernel launch overhead.
+Batch 1 is timed query by query (SingleStream); larger batches back to back (Offline).
+The record says per model which provider, mode and batch size is fastest: at batch 1 on small
+models the CPU often beats the GPU (launch and copy overhead dominate a few microseconds of math).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.environment import environment
+from benchmarks.measure import summarize_offline, summarize_single_stream, time_calls
+from benchmarks.runners import OnnxRunner, RunnerError
+from benchmarks.suite import BenchmarkError, _TaskData, accuracy
+from trainer import data as datasets
+from trainer.artifacts import list_variants
+from trainer.runtime import ProviderUnavailableError, provider_name, usable_providers
+from trainer.tasks import SERVED_TASKS, get_task
+
+LATENCY_SCHEMA = "tinyship.latency/1"
+LATENCY_JSON, LATENCY_MD = "latency.json", "latency.md"
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    providers: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] = (1, 32, 256)
+    threads: int = 1            # CPU provider intra-op threads
+    budget_s: float = 0.3
+    rounds: int = 3
+    cuda_graph: bool = False
+    tasks: tuple[str, ...] | None = None
+
+
+def check_providers(providers) -> list[str]:
+    """Full provider names; ProviderUnavailableError listing the usable ones for any that
+    cannot run here."""
+    names = [provider_name(p) for p in providers]
+    usable = usable_providers()
+    missing = [n for n in names if n not in usable]
+    if missing:
+        raise ProviderUnavailableError(
+            f"provider(s) {', '.join(missing)} not usable on this machine; usable: "
+            f"{', '.join(usable)} (for CUDA: onnxruntime-gpu plus the CUDA 13 and cuDNN 9 "
+            "libraries on LD_LIBRARY_PATH, see ../shared/gpu/README.md)")
+    return names
+
+
+def _resolve_data(data: str | None, tasks: list[str]) -> tuple[str | None, list[str]]:
+    """--data may be one <dataset>.npz (then only the tasks on that dataset run) or a folder."""
+    if data is None:
+        return None, tasks
+    path = Path(data)
+    if path.is_file():
+        kept = [t for t in tasks if get_task(t).dataset == path.stem]
+        if not kept:
+            raise BenchmarkError(f"--data {path}: file name must be <dataset>.npz for one of "
+                                 f"the tasks {', '.join(tasks)}; got {path.name!r}")
+        return str(path.parent), kept
+    if path.is_dir():
+        return str(path), tasks
+    raise BenchmarkError(f"--data {path} does not exist (a <dataset>.npz file or a folder of them)")
+
+
+def _measure(call, batch_size: int, settings: LatencySettings, mode: str) -> dict:
+    warmup, min_repeats = (20, 50) if batch_size == 1 else (3, 5)
+    per_round = time_calls(call, warmup=warmup, min_repeats=min_repeats,
+                           rounds=settings.rounds, budget_s=settings.budget_s)
+    lat = summarize_single_stream(per_round)
+    thr = summarize_offline(per_round, batch_size)
+    return {"mode": mode, "batch_size": batch_size, "p50_ms": lat["p50_ms"],
+            "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"], "mean_ms": lat["mean_ms"],
+            "items_per_s": thr["items_per_s"], "spread_pct": lat["spread_pct"] if batch_size == 1
+            else thr["spread_pct"], "n": lat["n"]}
+
+
+def _batch(x: np.ndarray, size: int) -> np.ndarray:
+    idx = np.arange(size) % len(x)
+    return np.ascontiguousarray(x[idx])
+
+
+def measure_provider(variant, provider: str, x: np.ndarray, y: np.ndarray,
+                     settings: LatencySettings) -> dict:
+    row = {"task": variant.task, "variant": variant.name, "provider": provider,
+           "error": None, "measurements": []}
+    with OnnxRunner(variant, providers=(provider,), threads=settings.threads) as runner:
+        row.update({"session_providers": runner.session.get_providers(),
+                    "runner": runner.describe(), "accuracy": accuracy(runner, x, y, 256)})
+        for b in settings.batch_sizes:
+            xb = _batch(x, b)
+            if b == 1:
+                queries = [np.ascontiguousarray(x[i:i + 1]) for i in range(min(64, len(x)))]
+                row["measurements"].append(_measure(
+                    lambda i: runner.predict(queries[i % len(queries)]), b, settings, "numpy"))
+            else:
+                row["measurements"].append(_measure(lambda i: runner.predict(xb), b, settings,
+                                                    "numpy"))
+            runner.bind(xb)
+            row["measurements"].append(_measure(lambda i: runner.run_bound(), b, settings, "bound"))
+    if settings.cuda_graph and provider == "CUDAExecutionProvider":
+        for b in settings.batch_sizes:
+            # One session per batch size: a captured graph is tied to its buffers' shapes.
+            with OnnxRunner(variant, providers=(provider,), threads=settings.threads,
+                            cuda_graph=True) as graph_runner:
+                graph_runner.bind(_batch(x, b))
+                graph_runner.run_bound()  # the first bound run captures the graph
+                row["measurements"].append(_measure(lambda i: graph_runner.run_bound(), b,
+                                                    settings, "cuda-graph"))
+    return row
+
+
+def fastest(results: list[dict]) -> dict:
+    """Per task/variant: the fastest (provider, mode) at batch 1 and the highest-throughput
+    (provider, mode, batch)."""
+    out = {}
+    for key in sorted({(r["task"], r["variant"]) for r in results}):
+        ms = [(r["provider"], m) for r in results if (r["task"], r["variant"]) == key
+              and not r["error"] for m in r["measurements"]]
+        if not ms:
+            continue
+        b1 = [(p, m) for p, m in ms if m["batch_size"] == 1]
+        entry = {}
+        if b1:
+            p, m = min(b1, key=lambda pm: pm[1]["p50_ms"])
+            entry["batch1"] = {"provider": p, "mode": m["mode"], "p50_ms": m["p50_ms"]}
+        p, m = max(ms, key=lambda pm: pm[1]["items_per_s"])
+        entry["throughput"] = {"provider": p, "mode": m["mode"], "batch_size": m["batch_size"],
+                               "items_per_s": m["items_per_s"]}
+        out[f"{key[0]}/{key[1]}"] = entry
+    return out
+
+
+def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
+                progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
+    providers = check_providers(settings.providers)
+    tasks = list(settings.tasks or SERVED_TASKS)
+    data_dir, tasks = _resolve_data(data, tasks)
+    variants = [v for v in list_variants(artifacts) if v.task in tasks and v.has_file("model.onnx")]
+    if not variants:
+        raise BenchmarkError(f"no variants with model.onnx for tasks {', '.join(tasks)} under "
+                             f"{artifacts}; create them first: make train compress")
+    task_data, tasks_info = {}, {}
+    for task in sorted({v.task for v in variants}):
+        ds = datasets.load(get_task(task).dataset, "test", data_dir=data_dir)
+        task_data[task] = _TaskData(ds.source, ds.x, ds.y)
+        tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
+    results = []
+    plan = [(v, p) for v in variants for p in providers]
+    for step, (variant, provider) in enumerate(plan, 1):
+        d = task_data[variant.task]
+        try:
+            row = measure_provider(variant, provider, d.inputs_for(variant), d.y, settings)
+        except (RunnerError, ProviderUnavailableError) as e:
+            row = {"task": variant.task, "variant": variant.name, "provider": provider,
+                   "error": f"{type(e).__name__}: {e}", "measurements": []}
+        results.append(row)
+        progress(f"[{step}/{len(plan)}] {variant.task}/{variant.name} {provider}: "
+                 + (row["error"] or ", ".join(f"{m['mode']}@{m['batch_size']} "
+                                              f"p50 {m['p50_ms']:.4f} ms"
+                                              for m in row["measurements"])))
+    return {"schema": LATENCY_SCHEMA,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "artifacts": str(artifacts), "settings": asdict(settings),
+            "environment": environment(), "tasks": tasks_info, "results": results,
+            "fastest": fastest(results)}
+
+
+def render_latency_markdown(record: dict) -> str:
+    from benchmarks.report import latency_table
+
+    head, rows = latency_table(record)
+    env = record["environment"]
+    lines = ["# ONNX Runtime latency by provider", "",
+             f"{record['created']} · {env['cpu']} · GPUs: "
+             f"{', '.join(g['name'] + ' (driver ' + g['driver'] + ')' for g in env['gpus']) or 'none'}"
+             f" · onnxruntime {env['libraries'].get('onnxruntime-gpu') or env['libraries'].get('onnxruntime')}"
+             f" · CPU provider threads: {record['settings']['threads']}", "",
+             "numpy: session.run with numpy in/out (copies included); bound: IO binding, "
+             "input/output on the provider's device, copies excluded; cuda-graph: bound + "
+             "CUDA-graph replay. items/s = batch / time per call.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["", "Fastest per model:"]
+    for key, f in record["fastest"].items():
+        b1 = f.get("batch1")
+        lines.append(f"- {key}: batch 1 → {b1['provider']} ({b1['mode']}, {b1['p50_ms']:.4f} ms)"
+                     if b1 else f"- {key}:")
+        t = f["throughput"]
+        lines[-1] += (f"; throughput → {t['provider']} ({t['mode']}) at batch {t['batch_size']}, "
+                      f"{t['items_per_s']:,.0f} items/s")
+    return "\n".join(lines) + "\n"
+
+
+def write_latency(record: dict, reports: str | Path) -> Path:
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / LATENCY_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    (reports / LATENCY_MD).write_text(render_latency_markdown(record))
+    return reports / LATENCY_JSON

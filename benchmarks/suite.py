@@ -1,0 +1,236 @@
+"""`python -m benchmarks run`: measure every variant of the served tasks on every runtime.
+
+For each variant under the artifact root and each runtime it has a file for (keras, litert,
+onnx on the CPU provider) this records one row:
+  - accuracy on the full test split of the data in use (DATA_DIR / --data-dir, else the
+    bundled sample), next to the accuracy the manifest recorded;
+  - batch-1 SingleStream latency (p50/p90/p99, spread between rounds);
+  - Offline throughput at each batch size (default 32 and 256);
+  - size of the runtime's model file (raw and gzip), params/MACs/sparsity;
+  - ratios against the float Keras baseline of the same model family, measured in the same run
+    (the root variant of the variant's lineage, run on keras).
+The result is one JSON-serializable dict (schema in benchmarks/README.md); `benchmarks.report`
+renders it. Thread counts are set explicitly (default 1) and recorded per row.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from benchmarks.environment import environment
+from benchmarks.measure import offline, single_stream
+from benchmarks.modelstats import file_sizes, model_stats
+from benchmarks.runners import MODEL_FILES, RUNTIMES, RunnerError, open_runner, runtimes_for
+from compress.export import as_probabilities
+from trainer import data as datasets
+from trainer.artifacts import ArtifactError, Variant, list_variants
+from trainer.runtime import ProviderUnavailableError
+from trainer.tasks import SERVED_TASKS, get_task
+
+BENCH_SCHEMA = "tinyship.bench/1"
+# Errors that make one runner row fail without stopping the whole run: a missing or broken
+# model file, a runtime that refuses the model. They are recorded in the row and reported.
+ROW_ERRORS = (RunnerError, ArtifactError, ProviderUnavailableError, OSError, ValueError,
+              RuntimeError)
+
+
+class BenchmarkError(RuntimeError):
+    """Nothing to benchmark, or settings that cannot work; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `run` measures and for how long. Defaults suit `make bench` on 2 cores."""
+
+    threads: int = 1                      # intra-op threads of every runtime (set explicitly)
+    budget_s: float = 0.3                 # seconds per measurement round
+    rounds: int = 3                       # rounds per measurement; spread is between rounds
+    batch_sizes: tuple[int, ...] = (32, 256)   # Offline throughput batch sizes
+    latency_inputs: int = 64              # distinct test inputs the batch-1 queries cycle through
+    runtimes: tuple[str, ...] = tuple(RUNTIMES)
+    tasks: tuple[str, ...] = SERVED_TASKS
+    data_dir: str | None = None           # None: DATA_DIR, else the bundled samples
+    quick: bool = False                   # CI: shorter rounds (see `quick_settings`)
+    accuracy_batch: int = 256             # batch size used to compute accuracy
+
+    def __post_init__(self):
+        unknown = [r for r in self.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise BenchmarkError(f"unknown runtime(s) {unknown}; valid: {', '.join(RUNTIMES)}")
+        for task in self.tasks:
+            get_task(task)  # raises with the valid task names
+        if self.threads < 1 or self.rounds < 1 or self.budget_s <= 0:
+            raise BenchmarkError(f"threads and rounds must be >= 1 and budget_s > 0, got "
+                                 f"threads={self.threads} rounds={self.rounds} "
+                                 f"budget_s={self.budget_s}")
+        if any(b < 1 for b in self.batch_sizes):
+            raise BenchmarkError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+
+
+def quick_settings(**overrides) -> Settings:
+    """CI's quick run: short rounds, same shape of report."""
+    return Settings(**{"budget_s": 0.08, "rounds": 3, "quick": True, **overrides})
+
+
+@dataclass
+class _TaskData:
+    source: str
+    x_raw: np.ndarray
+    y: np.ndarray
+    _inputs: dict = field(default_factory=dict)
+
+    def inputs_for(self, variant: Variant) -> np.ndarray:
+        """The variant's preprocessed test inputs, computed once per distinct preprocessing
+        (variants of one model share it; tokenizing 25k reviews takes seconds)."""
+        config = variant.manifest["preprocessing"]
+        key = json.dumps(config, sort_keys=True)
+        if config.get("type") == "text":
+            vocab = variant.path / config.get("vocab_file", "vocab.json")
+            key += hashlib.sha256(vocab.read_bytes()).hexdigest() if vocab.is_file() else ""
+        if key not in self._inputs:
+            self._inputs[key] = variant.preprocessor()(self.x_raw)
+        return self._inputs[key]
+
+
+def lineage_root(variant: Variant, by_name: dict[str, Variant]) -> Variant:
+    """The first variant of the model this one descends from (parent None), following
+    lineage parents within the task; stops at a parent that is not on disk."""
+    seen = {variant.name}
+    current = variant
+    while current.lineage.get("parent") in by_name:
+        parent = by_name[current.lineage["parent"]]
+        if parent.name in seen:  # a cycle would be a broken manifest; do not loop forever
+            break
+        seen.add(parent.name)
+        current = parent
+    return current
+
+
+def accuracy(runner, x: np.ndarray, y: np.ndarray, batch: int) -> float:
+    if len(y) == 0:
+        raise BenchmarkError("the test split is empty; cannot compute accuracy")
+    correct = 0
+    for start in range(0, len(x), batch):
+        probs = as_probabilities(runner.predict(x[start:start + batch]))
+        correct += int(np.sum(probs.argmax(axis=1) == y[start:start + batch]))
+    return correct / len(y)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_suite(artifacts: str, settings: Settings = Settings(),
+              progress: Callable[[str], None] = _log) -> dict:
+    """Measure everything; return the bench record (see module docstring)."""
+    started = time.perf_counter()
+    variants = [v for v in list_variants(artifacts) if v.task in settings.tasks]
+    if not variants:
+        found = sorted({v.task for v in list_variants(artifacts)})
+        raise BenchmarkError(
+            f"no variants of the tasks {', '.join(settings.tasks)} under {artifacts!s}"
+            + (f" (it has variants of: {', '.join(found)})" if found else "")
+            + "; create them first: make train compress"
+        )
+    plan = [(v, rt) for v in variants for rt in runtimes_for(v) if rt in settings.runtimes]
+    progress(f"benchmarking {len(variants)} variants, {len(plan)} variant x runtime rows, "
+             f"threads={settings.threads}, {settings.rounds} rounds x {settings.budget_s}s")
+
+    task_data: dict[str, _TaskData] = {}
+    tasks_info = {}
+    for task in sorted({v.task for v in variants}):
+        ds = datasets.load(get_task(task).dataset, "test", data_dir=settings.data_dir)
+        task_data[task] = _TaskData(ds.source, ds.x, ds.y)
+        tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
+        progress(f"{task}: {len(ds)} test examples from {ds.source}")
+
+    stats_cache: dict[str, dict] = {}
+    rows = []
+    for step, (variant, runtime) in enumerate(plan, 1):
+        data = task_data[variant.task]
+        if variant.path not in stats_cache:
+            stats_cache[variant.path] = model_stats(variant)
+        row = _measure_row(variant, runtime, data, stats_cache[variant.path], settings)
+        rows.append(row)
+        progress(f"[{step}/{len(plan)}] {variant.task}/{variant.name} {runtime}: "
+                 + (f"ERROR {row['error']}" if row["error"] else
+                    f"acc {row['accuracy']:.4f}, p50 {row['latency']['p50_ms']:.4f} ms, "
+                    + ", ".join(f"{t['items_per_s']:,.0f}/s @{b}"
+                                for b, t in row["throughput"].items())))
+
+    by_task = {t: {v.name: v for v in variants if v.task == t} for t in tasks_info}
+    add_ratios(rows, {(v.task, v.name): lineage_root(v, by_task[v.task]).name for v in variants})
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "artifacts": str(artifacts),
+        "settings": asdict(settings),
+        "environment": environment(),
+        "tasks": tasks_info,
+        "results": rows,
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _measure_row(variant: Variant, runtime: str, data: _TaskData, stats: dict,
+                 settings: Settings) -> dict:
+    manifest_acc = variant.metrics.get("test_accuracy")
+    curves = "curves.png" if variant.has_file("curves.png") else None
+    row = {
+        "task": variant.task, "variant": variant.name, "model": variant.model,
+        "parent": variant.lineage.get("parent"), "technique": variant.lineage.get("technique"),
+        "runtime": runtime, "provider": None, "threads": settings.threads,
+        "accuracy": None, "manifest_accuracy": manifest_acc,
+        "manifest_data_source": variant.metrics.get("data_source"),
+        "n_test": int(len(data.y)), "latency": None, "throughput": {},
+        "size": {"file": MODEL_FILES[runtime], **file_sizes(variant.file(MODEL_FILES[runtime]))},
+        "model_stats": stats, "variant_dir": str(variant.path), "curves": curves,
+        "runner": None, "error": None,
+    }
+    try:
+        x = data.inputs_for(variant)
+        with open_runner(variant, runtime, providers=("cpu",), threads=settings.threads) as runner:
+            row["runner"] = runner.describe()
+            row["provider"] = runner.provider
+            row["threads"] = row["runner"]["threads"]
+            row["accuracy"] = accuracy(runner, x, data.y, settings.accuracy_batch)
+            row["latency"] = single_stream(runner, x[:settings.latency_inputs],
+                                           rounds=settings.rounds, budget_s=settings.budget_s)
+            for batch in settings.batch_sizes:
+                row["throughput"][str(batch)] = offline(runner, x, batch, rounds=settings.rounds,
+                                                        budget_s=settings.budget_s)
+    except ROW_ERRORS as e:
+        row["error"] = f"{type(e).__name__}: {e}"
+    return row
+
+
+def add_ratios(rows: list[dict], roots: dict[tuple[str, str], str]) -> None:
+    """Give every row `baseline` (the root variant on keras) and `ratios` against it:
+    speedup_p50 (baseline p50 / row p50, > 1 is faster), throughput_<batch> (row / baseline
+    items/s), size (row file bytes / baseline file bytes), accuracy_delta_pts (row - baseline,
+    in percentage points). Rows whose baseline was not measured get ratios None."""
+    measured = {(r["task"], r["variant"], r["runtime"]): r for r in rows if not r["error"]}
+    for row in rows:
+        root = roots.get((row["task"], row["variant"]), row["variant"])
+        base = measured.get((row["task"], root, "keras"))
+        row["baseline"] = f"{root}/keras"
+        if base is None or row["error"]:
+            row["ratios"] = None
+            continue
+        ratios = {
+            "speedup_p50": base["latency"]["p50_ms"] / row["latency"]["p50_ms"],
+            "size": row["size"]["bytes"] / base["size"]["bytes"],
+            "accuracy_delta_pts": 100.0 * (row["accuracy"] - base["accuracy"]),
+        }
+        for batch, t in row["throughput"].items():
+            if batch in base["throughput"]:
+                ratios[f"throughput_{batch}"] = (t["items_per_s"]
+                                                 / base["throughput"][batch]["items_per_s"])
+        row["ratios"] = ratios

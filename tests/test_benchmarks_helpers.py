@@ -1,0 +1,79 @@
+"""Tiny real variants for the benchmark tests (shared by tests/test_benchmarks_*.py).
+
+`tiny_artifacts` builds, once per session, an artifact root with untrained-but-real tf_keras
+models for the three served tasks, exported to ONNX and TFLite by compress.export.export_float
+and written through trainer.artifacts.create_variant, plus one derived variant (a copy of the
+Fashion model with half its kernel zeroed) so lineage ratios have something to compare.
+About 15 s on 2 cores, most of it TensorFlow's import and the converters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer import data as datasets
+from trainer.artifacts import create_variant, list_variants
+from trainer.preprocessing import ImagePreprocessor, TextTokenizer
+from trainer.tasks import get_task
+
+
+def _save(root, task, name, model, parity_x, preprocessing, output, parent=None, extra_files=()):
+    from compress.export import export_float
+
+    with create_variant(root, task=task, model=name.split("-")[0], variant=name,
+                        lineage={"parent": parent, "technique": "prune" if parent else "train",
+                                 "params": {}},
+                        input={"name": "input", "shape": [None, *model.input_shape[1:]],
+                               "dtype": model.inputs[0].dtype.name},
+                        output={"name": "output", "activation": output},
+                        preprocessing=preprocessing.to_config(),
+                        labels=list(get_task(task).labels),
+                        metrics={"test_accuracy": 0.5, "data_source": "tiny test model"}) as v:
+        model.save(v.path("model.keras"))
+        export_float(model, v.dir, parity_x)
+        for rel, writer in extra_files:
+            writer(v.path(rel))
+
+
+def build_tiny_artifacts(root) -> None:
+    from trainer.tf_setup import keras
+
+    keras.utils.set_random_seed(0)
+    image = ImagePreprocessor()
+    for task, classes in (("fashion_mnist", 10), ("sign_mnist", 24)):
+        x = image(datasets.load(get_task(task).dataset, "test").x[:16])
+        model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(classes, activation="softmax")])
+        _save(root, task, f"{task}_tiny", model, x, image, "softmax")
+        if task == "fashion_mnist":
+            pruned = keras.models.clone_model(model)
+            weights = model.get_weights()
+            weights[0] = np.where(np.arange(weights[0].size).reshape(weights[0].shape) % 2, 0,
+                                  weights[0])
+            pruned.set_weights(weights)
+            _save(root, task, f"{task}_tiny-prune-50", pruned, x, image, "softmax",
+                  parent=f"{task}_tiny")
+    reviews = datasets.load("imdb", "train")
+    tokenizer = TextTokenizer.fit(reviews.x[:200], vocab_size=200, max_length=32)
+    x = tokenizer(reviews.x[:16])
+    model = keras.Sequential([keras.layers.Input((32,), dtype="int32"),
+                              keras.layers.Embedding(tokenizer.vocab_size, 4),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    _save(root, "imdb", "imdb_tiny", model, x, tokenizer, "sigmoid",
+          extra_files=[("vocab.json", lambda p: tokenizer.save_vocabulary(p.parent))])
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts")
+    build_tiny_artifacts(root)
+    return root
+
+
+def test_tiny_artifacts_are_valid_variants(tiny_artifacts):
+    found = {(v.task, v.name) for v in list_variants(tiny_artifacts, verify=True)}
+    assert found == {("fashion_mnist", "fashion_mnist_tiny"),
+                     ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
+                     ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")}
