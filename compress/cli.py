@@ -1,0 +1,129 @@
+"""Command line of `compress`.
+
+    python -m compress run --task fashion_mnist --model fashion_cnn [--recipe FILE]
+    python -m compress run-all                      # what `make compress` runs
+    python -m compress select --task fashion_mnist  # re-select from the saved report
+    python -m compress techniques                   # techniques and their parameters
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from compress.errors import CompressError
+from trainer.artifacts import DEFAULT_ROOT, ArtifactError
+
+
+def _recipe(args):
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    return recipe
+
+
+def _compress(root, task, models, recipe, data_dir) -> dict:
+    from compress import pipeline
+
+    report = None
+    for model in models:
+        rows = pipeline.run_model(root, task, model, recipe, data_dir)
+        source = rows[0]["data_source"]
+        report = pipeline.update_report(root, task, model, rows, source) if report is None else \
+            {**report, "models": {**report["models"], model: rows}}
+    return pipeline.finish_task(root, task, report, recipe.accuracy_budget_points)
+
+
+def _cmd_run(args) -> int:
+    _compress(args.artifacts, args.task, [args.model], _recipe(args), args.data_dir)
+    return 0
+
+
+def _cmd_run_all(args) -> int:
+    from trainer import artifacts
+    from trainer.tasks import SERVED_TASKS
+
+    recipe = _recipe(args)
+    done = 0
+    for task in SERVED_TASKS:
+        trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
+                   if v.lineage["parent"] is None]
+        if not trained:
+            print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
+            continue
+        _compress(args.artifacts, task, trained, recipe, args.data_dir)
+        done += 1
+    if not done:
+        print(f"no trained models under {args.artifacts}: run `make train` first", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_select(args) -> int:
+    import json
+
+    from compress import pipeline
+
+    json_path, _ = pipeline.report_paths(args.artifacts, args.task)
+    if not json_path.is_file():
+        raise CompressError(f"{json_path} not found: run `python -m compress run` for {args.task} first")
+    report = json.loads(json_path.read_text())
+    pipeline.finish_task(args.artifacts, args.task, report, args.budget)
+    return 0
+
+
+def _cmd_techniques(args) -> int:
+    from compress.techniques import TECHNIQUES
+
+    for t in TECHNIQUES.values():
+        print(f"{t.name:13s} {t.description}")
+        for key, spec in t.params.items():
+            print(f"{'':15s}{key} = {spec.default!r}  ({spec.expected})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compress", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(s):
+        s.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifact root (default: %(default)s)")
+        s.add_argument("--recipe", help="recipe JSON (default: compress/recipes/default.json)")
+        s.add_argument("--data-dir", help="full datasets folder (default: $DATA_DIR, else bundled samples)")
+        s.add_argument("--epochs", type=int, help="fine-tuning epochs for steps that set none")
+
+    s = sub.add_parser("run", help="compress one trained model and select the variant to serve")
+    s.add_argument("--task", required=True)
+    s.add_argument("--model", required=True, help="the trained variant (named after the model)")
+    common(s)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("run-all", help="compress every trained model of the served tasks")
+    common(s)
+    s.set_defaults(func=_cmd_run_all)
+
+    s = sub.add_parser("select", help="select again from a task's saved report")
+    s.add_argument("--task", required=True)
+    s.add_argument("--artifacts", default=str(DEFAULT_ROOT))
+    s.add_argument("--budget", type=float, default=1.0, help="accuracy budget in points (default 1.0)")
+    s.set_defaults(func=_cmd_select)
+
+    s = sub.add_parser("techniques", help="list techniques and their parameters")
+    s.set_defaults(func=_cmd_techniques)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CompressError, ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

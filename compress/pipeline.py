@@ -1,0 +1,355 @@
+"""The compression pipeline: apply a recipe to a trained variant, measure every variant,
+select the one to serve.
+
+For every step: the technique writes its model files into a staging variant (trainer's
+`create_variant`, so a failed step leaves nothing behind); float Keras results are exported
+to ONNX + TFLite and parity-checked (compress.export); quantized files are parity-checked
+against the model they were converted from; accuracy is measured on the test split of the
+data in use with the file the variant is served from (ONNX, else TFLite); size, params,
+MACs and sparsity are profiled; batch-1 CPU latency (1 thread) is measured with the
+benchmarks package. The table of all variants goes to artifacts/<task>/compress_report.{json,md}
+and the fastest ONNX variant within the accuracy budget is recorded with `select_variant`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress import profile
+from compress.errors import CompressError, NotApplicableError
+from compress.export import ExportParityError, as_probabilities, check_parity, run_onnx, run_tflite
+from compress.recipe import Recipe
+from compress.techniques import Inputs, get_technique
+from trainer import artifacts, data
+from trainer.artifacts import ArtifactError, Variant
+from trainer.tasks import get_task
+
+REPORT_NAME = "compress_report"
+LATENCY_EXAMPLES = 32
+
+
+@dataclass
+class TaskData:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    source: str
+
+
+def load_task_data(base: Variant, recipe: Recipe, data_dir=None) -> TaskData:
+    task = get_task(base.task)
+    preprocess = base.preprocessor()
+    train = data.load(task.dataset, "train", data_dir=data_dir)
+    test = data.load(task.dataset, "test", data_dir=data_dir)
+    if recipe.train_limit:
+        train = train.subset(recipe.train_limit)
+    if recipe.test_limit:
+        test = test.subset(recipe.test_limit)
+    return TaskData(preprocess(list(train.x) if task.kind == "text" else train.x), train.y,
+                    preprocess(list(test.x) if task.kind == "text" else test.x), test.y,
+                    test.source)
+
+
+def served_file(directory: Path) -> str | None:
+    for name in ("model.onnx", "model.tflite"):
+        if (Path(directory) / name).is_file():
+            return name
+    return None
+
+
+def predict_file(path: Path, x: np.ndarray) -> np.ndarray:
+    return run_onnx(path, x) if path.suffix == ".onnx" else run_tflite(path, x)
+
+
+def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(as_probabilities(outputs).argmax(axis=1) == y))
+
+
+def measure_latency(variant: Variant, example: np.ndarray) -> dict:
+    """Batch-1, 1-thread CPU latency with the benchmarks package (ONNX Runtime when the
+    variant has model.onnx, LiteRT otherwise)."""
+    from benchmarks.measure import single_stream
+    from benchmarks.runners import open_runner
+
+    runtime = "onnx" if variant.has_file("model.onnx") else "litert"
+    with open_runner(variant, runtime, providers=("cpu",), threads=1) as runner:
+        stats = single_stream(runner, example)
+    return {"latency_p50_ms": round(stats["p50_ms"], 5), "latency_p90_ms": round(stats["p90_ms"], 5),
+            "latency_spread_pct": round(stats["spread_pct"], 2), "latency_runtime": runtime,
+            "latency_conditions": "CPU, batch 1, 1 thread"}
+
+
+def load_keras(variant: Variant):
+    from trainer.tf_setup import keras
+
+    if not variant.has_file("model.keras"):
+        raise CompressError(
+            f"{variant.task}/{variant.name} has no model.keras, so Keras-level techniques "
+            f"cannot start from it; start them from a variant that has one (files: "
+            f"{', '.join(sorted(variant.manifest['files']))})")
+    return keras.models.load_model(variant.file("model.keras"), compile=False)
+
+
+@dataclass
+class Run:
+    """State of one `run` over one trained model."""
+
+    root: Path
+    base: Variant
+    recipe: Recipe
+    data: TaskData
+    rows: list[dict] = field(default_factory=list)
+    _models: dict = field(default_factory=dict)
+
+    @property
+    def parity_x(self) -> np.ndarray:
+        return self.data.test_x[: self.recipe.parity_size]
+
+    def keras_model(self, variant: Variant):
+        if variant.name not in self._models:
+            self._models[variant.name] = load_keras(variant)
+        return self._models[variant.name]
+
+
+def _row(variant: Variant, status: str = "ok") -> dict:
+    m = variant.metrics
+    keys = ("test_accuracy", "params", "macs", "sparsity", "onnx_bytes", "onnx_gzip_bytes",
+            "tflite_bytes", "tflite_gzip_bytes", "latency_p50_ms", "latency_spread_pct",
+            "latency_runtime")
+    row = {"variant": variant.name, "model": variant.model,
+           "technique": variant.lineage["technique"], "parent": variant.lineage["parent"],
+           "status": status, "has_onnx": variant.has_file("model.onnx")}
+    row.update({k: m.get(k) for k in keys})
+    return row
+
+
+def measure_base(run: Run) -> dict:
+    """Accuracy, profile and latency of the trained model, on the same footing as its variants.
+
+    The trainer's test_accuracy is left as written; the row carries this run's measurement."""
+    base = run.base
+    name = served_file(base.path)
+    if name is None:
+        raise ArtifactError(f"{base.path}: the trained variant has neither model.onnx nor model.tflite")
+    acc = accuracy(predict_file(base.path / name, run.data.test_x), run.data.test_y)
+    prof = profile.keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
+        {"metrics": {}, "details": {}}
+    metrics = {**prof["metrics"], **profile.file_sizes(base.path),
+               **measure_latency(base, run.data.test_x[:LATENCY_EXAMPLES])}
+    base = artifacts.update_manifest(base, metrics=metrics, extra={"compress_profile": prof["details"]})
+    run.base = base
+    row = _row(base)
+    row["test_accuracy"] = acc
+    row["data_source"] = run.data.source
+    return row
+
+
+def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
+    """Apply one recipe step to `parent`; returns the new, measured variant."""
+    technique = get_technique(step.technique)
+    name = f"{parent.name}-{technique.suffix(step.params)}"
+    inputs = Inputs(parent, lambda: run.keras_model(parent), run.data.train_x, run.data.train_y,
+                    run.data.train_x[: run.recipe.calibration_size],
+                    parent.manifest["output"].get("activation", "softmax"),
+                    len(parent.labels), run.recipe.epochs)
+    started = time.perf_counter()
+    lineage = {"parent": parent.name, "technique": technique.name, "params": dict(step.params)}
+    with artifacts.create_variant(
+            run.root, task=parent.task, model=parent.model, variant=name, lineage=lineage,
+            input=parent.manifest["input"], output=parent.manifest["output"],
+            preprocessing=parent.manifest["preprocessing"], labels=parent.labels) as v:
+        out_dir = Path(v.dir)
+        vocab = parent.manifest["preprocessing"].get("vocab_file")
+        if vocab:
+            shutil.copy2(parent.file(vocab), out_dir / vocab)
+        outcome = technique.apply(inputs, step.params, out_dir)
+        v.manifest["lineage"]["params"]["plan"] = outcome.plan
+        parity = []
+        if outcome.keras_model is not None and not outcome.quantized_files:
+            from compress.export import export_float
+
+            info = export_float(outcome.keras_model, out_dir, run.parity_x)
+            parity, v.manifest["extra"]["onnx"] = info["parity"], info["onnx"]
+        if outcome.quantized_files:
+            parity = _check_quantized(run, outcome, out_dir)
+        if outcome.keras_model is not None and outcome.save_keras:
+            outcome.keras_model.save(out_dir / "model.keras")
+        served = served_file(out_dir)
+        acc = accuracy(predict_file(out_dir / served, run.data.test_x), run.data.test_y)
+        if outcome.keras_model is not None and outcome.save_keras:
+            prof = profile.keras_profile(outcome.keras_model)
+        else:
+            # Quantization changes neither the parameter count nor the MACs nor which
+            # weights are zero: those are the parent's.
+            prof = {"metrics": {k: parent_row.get(k) for k in ("params", "macs", "sparsity")},
+                    "details": {"profile_from": parent.name}}
+        v.manifest["metrics"].update({"test_accuracy": acc, "data_source": run.data.source,
+                                      "accuracy_from": served, **prof["metrics"],
+                                      **profile.file_sizes(out_dir)})
+        v.manifest["extra"].update({"parity": parity, "profile": prof["details"],
+                                    "fine_tune_history": outcome.history,
+                                    "compress_seconds": round(time.perf_counter() - started, 1)})
+    variant = artifacts.find_variant(run.root, parent.task, name)
+    return artifacts.update_manifest(
+        variant, metrics=measure_latency(variant, run.data.test_x[:LATENCY_EXAMPLES]))
+
+
+def _check_quantized(run: Run, outcome, out_dir: Path) -> list[dict]:
+    if outcome.reference_model is not None:
+        reference = outcome.reference_model.predict(run.parity_x, batch_size=512, verbose=0)
+    else:
+        reference = run_onnx(outcome.reference_onnx, run.parity_x)
+    reports = []
+    for name in outcome.quantized_files:
+        runtime = "onnxruntime" if name.endswith(".onnx") else "litert"
+        candidate = predict_file(out_dir / name, run.parity_x)
+        reports.append(check_parity(reference, candidate, f"{runtime} ({name})",
+                                    quantized=True).as_dict())
+    return reports
+
+
+def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=print) -> list[dict]:
+    """Apply `recipe` to the trained variant `<task>/<model>`; returns the report rows."""
+    base = artifacts.find_variant(root, task, model)
+    run = Run(Path(root), base, recipe, load_task_data(base, recipe, data_dir))
+    log(f"[{task}/{model}] data: {run.data.source} ({len(run.data.train_y)} train, "
+        f"{len(run.data.test_y)} test); {len(recipe.steps)} step(s)")
+    base_row = measure_base(run)
+    rows, produced = [base_row], {None: (run.base, base_row)}
+    for step in recipe.steps:
+        if step.source not in produced:
+            rows.append({"variant": step.id, "model": model, "technique": step.technique,
+                         "status": f"skipped: step {step.source!r} produced no variant"})
+            continue
+        parent, parent_row = produced[step.source]
+        started = time.perf_counter()
+        try:
+            variant = run_step(run, step, parent, parent_row)
+        except NotApplicableError as e:
+            rows.append({"variant": step.id, "model": model, "technique": step.technique,
+                         "parent": parent.name, "status": f"not applicable: {e}"})
+            log(f"  - {step.id}: not applicable ({e})")
+            continue
+        except (CompressError, ExportParityError, ArtifactError, ValueError) as e:
+            rows.append({"variant": step.id, "model": model, "technique": step.technique,
+                         "parent": parent.name, "status": f"failed: {e}"})
+            log(f"  ! {step.id}: FAILED: {e}")
+            continue
+        row = _row(variant)
+        row["data_source"] = run.data.source
+        rows.append(row)
+        produced[step.id] = (variant, row)
+        log(f"  + {variant.name}: acc {row['test_accuracy']:.4f}, "
+            f"{row['latency_p50_ms'] * 1000:.0f} us ({row['latency_runtime']}), "
+            f"{time.perf_counter() - started:.0f} s")
+    return rows
+
+
+# ------------------------------------------------------------------ selection and report
+
+def select(rows: list[dict], budget_points: float) -> dict:
+    """The fastest ONNX variant whose accuracy is at most `budget_points` below the best
+    trained model; ties go to the smaller gzip size. Returns the reason record."""
+    measured = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
+    baselines = [r for r in measured if r["technique"] == "train"]
+    if not baselines:
+        raise CompressError("no trained baseline in the report: nothing to select against")
+    baseline = max(baselines, key=lambda r: r["test_accuracy"])
+    floor = baseline["test_accuracy"] - budget_points / 100.0
+    candidates = [r for r in measured if r.get("has_onnx") and r.get("latency_runtime") == "onnx"
+                  and r["test_accuracy"] >= floor - 1e-12]
+    if not candidates:
+        raise CompressError(f"no ONNX variant within {budget_points} point(s) of "
+                            f"{baseline['variant']} ({baseline['test_accuracy']:.4f})")
+    chosen = min(candidates, key=lambda r: (r["latency_p50_ms"], r.get("onnx_gzip_bytes") or 0))
+    return {"variant": chosen["variant"], "baseline": baseline["variant"],
+            "baseline_accuracy": baseline["test_accuracy"],
+            "accuracy": chosen["test_accuracy"], "budget_points": budget_points,
+            "latency_p50_ms": chosen["latency_p50_ms"],
+            "baseline_latency_p50_ms": baseline.get("latency_p50_ms"),
+            "speedup": (baseline["latency_p50_ms"] / chosen["latency_p50_ms"]
+                        if baseline.get("latency_p50_ms") and chosen["latency_p50_ms"] else None),
+            "rule": "fastest ONNX variant (CPU, batch 1, 1 thread) with accuracy >= best trained "
+                    "model - budget"}
+
+
+def report_paths(root, task: str) -> tuple[Path, Path]:
+    base = Path(root) / task / REPORT_NAME
+    return base.with_suffix(".json"), base.with_suffix(".md")
+
+
+def update_report(root, task: str, model: str, rows: list[dict], data_source: str) -> dict:
+    """Merge this model's rows into the task's report (rows of other models measured on the
+    same data are kept, so selection can compare every compressed model of the task)."""
+    json_path, _ = report_paths(root, task)
+    report = {"task": task, "data_source": data_source, "models": {}}
+    if json_path.is_file():
+        previous = json.loads(json_path.read_text())
+        if previous.get("data_source") == data_source:
+            report["models"] = previous.get("models", {})
+    report["models"][model] = rows
+    return report
+
+
+def save_report(root, task: str, report: dict) -> tuple[Path, Path]:
+    json_path, md_path = report_paths(root, task)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    md_path.write_text(render_markdown(report) + "\n")
+    return json_path, md_path
+
+
+def _kb(v) -> str:
+    return f"{v / 1024:.1f}" if v else ""
+
+
+def render_markdown(report: dict) -> str:
+    sel = report.get("selection") or {}
+    lines = [f"# compress report: {report['task']}", "",
+             f"Data: {report['data_source']}. Latency: p50 of `benchmarks.measure.single_stream`, "
+             "CPU, batch 1, 1 thread (ONNX Runtime; LiteRT for TFLite-only variants). "
+             "Sizes in KiB; gzip -9. MACs per example.", ""]
+    if sel:
+        lines += [f"**Selected: `{sel['variant']}`** (accuracy {sel['accuracy']:.2%}, baseline "
+                  f"`{sel['baseline']}` {sel['baseline_accuracy']:.2%}, budget "
+                  f"{sel['budget_points']} pt; p50 {sel['latency_p50_ms'] * 1000:.1f} us"
+                  + (f", {sel['speedup']:.2f}x faster than the baseline" if sel.get("speedup") else "")
+                  + ")", ""]
+    header = ("| variant | technique | accuracy | Δ pts | ONNX KiB | ONNX gzip | TFLite KiB | "
+              "TFLite gzip | params | MACs | sparsity | p50 µs | runtime |")
+    for model, rows in report["models"].items():
+        base_acc = next((r["test_accuracy"] for r in rows if r.get("technique") == "train"), None)
+        lines += [f"## {model}", "", header, "|" + "---|" * 13]
+        notes = []
+        for r in rows:
+            if r.get("status") != "ok":
+                notes.append(f"- `{r['variant']}` ({r['technique']}): {r['status']}")
+                continue
+            acc = r["test_accuracy"]
+            delta = f"{(acc - base_acc) * 100:+.2f}" if base_acc is not None else ""
+            lat = f"{r['latency_p50_ms'] * 1000:.1f}" if r.get("latency_p50_ms") else ""
+            lines.append(
+                f"| {r['variant']} | {r['technique']} | {acc:.2%} | {delta} | {_kb(r.get('onnx_bytes'))} "
+                f"| {_kb(r.get('onnx_gzip_bytes'))} | {_kb(r.get('tflite_bytes'))} "
+                f"| {_kb(r.get('tflite_gzip_bytes'))} | {r.get('params') or ''} | {r.get('macs') or ''} "
+                f"| {r['sparsity'] if r.get('sparsity') is not None else ''} | {lat} "
+                f"| {r.get('latency_runtime') or ''} |")
+        lines += [""] + notes + ([""] if notes else [])
+    return "\n".join(lines)
+
+
+def finish_task(root, task: str, report: dict, budget_points: float, log=print) -> dict:
+    """Select, record the selection for `serve`, save and print the report."""
+    rows = [r for model_rows in report["models"].values() for r in model_rows]
+    report["selection"] = select(rows, budget_points)
+    artifacts.select_variant(root, task, report["selection"]["variant"], reason=report["selection"])
+    json_path, md_path = save_report(root, task, report)
+    log(render_markdown(report))
+    log(f"report: {md_path} and {json_path}")
+    return report

@@ -1,0 +1,383 @@
+"""The techniques a recipe can ask for: one small object per technique, in one table.
+
+A technique validates its parameters (`resolve`), names the variant it makes (`suffix`), and
+`apply`s itself to a parent variant, writing model files into the new variant's staging
+directory and returning an Outcome (the per-layer plan, the Keras model when there is one,
+which files it wrote and the model they must agree with). The pipeline does the rest
+(float export + parity, evaluation, profiling, latency). Support grows by adding a row.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from compress.errors import InvalidParameterError, UnknownTechniqueError
+from compress.training import FineTune
+
+
+@dataclass(frozen=True)
+class Param:
+    default: object
+    check: Callable[[object], bool]
+    expected: str
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_fraction(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _is_names(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v)
+
+
+SKIP = Param([], _is_names, "a list of layer names or layer class names")
+FINE_TUNE = {
+    "epochs": Param(None, lambda v: v is None or (_is_int(v) and v >= 0),
+                    "an integer >= 0 (default: the recipe's epochs)"),
+    "learning_rate": Param(1e-3, lambda v: isinstance(v, (int, float)) and 0 < v < 1,
+                           "a number in (0, 1)"),
+    "batch_size": Param(64, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "distill": Param(False, lambda v: isinstance(v, bool), "true or false"),
+    "alpha": Param(0.5, lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+                   "a number in [0, 1] (weight of the true label)"),
+}
+
+
+@dataclass
+class Inputs:
+    """What a technique gets: the parent variant and the data of the run."""
+
+    parent: object                # trainer.artifacts.Variant
+    load_parent_model: Callable   # () -> tf_keras model (raises when the parent has none)
+    train_x: np.ndarray
+    train_y: np.ndarray
+    calibration_x: np.ndarray
+    activation: str
+    num_classes: int
+    default_epochs: int
+
+
+@dataclass
+class Outcome:
+    plan: dict
+    keras_model: object = None          # saved as model.keras; float-exported unless quantized
+    quantized_files: list[str] = field(default_factory=list)  # written by the technique
+    reference_model: object = None      # the model its quantized files must agree with
+    reference_onnx: Path | None = None  # ... or the ONNX model they must agree with
+    history: dict = field(default_factory=dict)
+    save_keras: bool = True
+
+
+class Technique(abc.ABC):
+    name = ""
+    description = ""
+    params: dict[str, Param] = {}
+    trains = False
+
+    def resolve(self, given: dict | None) -> dict:
+        """Defaults merged with `given`; unknown keys and invalid values are errors."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise InvalidParameterError(
+                f"technique {self.name!r}: unknown parameter(s) {unknown}; valid: "
+                f"{', '.join(sorted(self.params))}")
+        resolved = {}
+        for key, spec in self.params.items():
+            value = given.get(key, spec.default)
+            if key in given and not spec.check(value):
+                raise InvalidParameterError(
+                    f"technique {self.name!r}: {key}={value!r} is invalid; expected {spec.expected}")
+            resolved[key] = list(value) if isinstance(value, tuple) else value
+        self.check(resolved)
+        return resolved
+
+    def check(self, params: dict) -> None:
+        """Cross-parameter checks (override)."""
+
+    @abc.abstractmethod
+    def suffix(self, params: dict) -> str:
+        """The variant name's suffix: `<parent>-<suffix>`."""
+
+    @abc.abstractmethod
+    def apply(self, inputs: Inputs, params: dict, out_dir: Path) -> Outcome:
+        """Write the model files into `out_dir` and describe what was done."""
+
+    def fine_tune_settings(self, inputs: Inputs, params: dict) -> FineTune:
+        epochs = params["epochs"] if params["epochs"] is not None else inputs.default_epochs
+        return FineTune(epochs, params["learning_rate"], params["batch_size"],
+                        params["distill"], params["alpha"])
+
+    def fine_tune(self, model, inputs: Inputs, params: dict, teacher=None, callbacks=()) -> dict:
+        from compress.training import fine_tune
+
+        return fine_tune(model, inputs.train_x, inputs.train_y, activation=inputs.activation,
+                         num_classes=inputs.num_classes,
+                         settings=self.fine_tune_settings(inputs, params), teacher=teacher,
+                         callbacks=callbacks)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+class MagnitudePrune(Technique):
+    name = "prune"
+    description = "TFMOT magnitude pruning (polynomial/constant schedule or 2:4), fine-tune, strip"
+    trains = True
+    params = {
+        "sparsity": Param(0.8, _is_fraction, "a fraction in (0, 1), e.g. 0.8"),
+        "schedule": Param("polynomial", lambda v: v in ("polynomial", "constant"),
+                          "'polynomial' or 'constant'"),
+        "m_by_n": Param(None, lambda v: v is None or (
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(i) for i in v)
+            and 0 < v[0] < v[1]), "null or [m, n] with 0 < m < n, e.g. [2, 4]"),
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        "learning_rate": Param(5e-4, FINE_TUNE["learning_rate"].check, FINE_TUNE["learning_rate"].expected),
+    }
+
+    def suffix(self, p):
+        if p["m_by_n"]:
+            return f"prune-{p['m_by_n'][0]}of{p['m_by_n'][1]}"
+        return f"prune-s{_fmt(p['sparsity'])}" + ("-const" if p["schedule"] == "constant" else "")
+
+    def apply(self, inputs, p, out_dir):
+        from compress import magnitude
+
+        source = inputs.load_parent_model()
+        sparsity = 1 - p["m_by_n"][0] / p["m_by_n"][1] if p["m_by_n"] else p["sparsity"]
+        settings = magnitude.PruneSettings(sparsity, p["schedule"],
+                                           tuple(p["m_by_n"]) if p["m_by_n"] else None,
+                                           tuple(p["skip_layers"]))
+        fine_tune = self.fine_tune_settings(inputs, p)
+        steps = max(1, fine_tune.epochs) * int(np.ceil(len(inputs.train_x) / fine_tune.batch_size))
+        wrapped, plan = magnitude.wrap_for_pruning(source, settings, steps)
+        history = self.fine_tune(wrapped, inputs, p, teacher=source,
+                                 callbacks=magnitude.update_step_callbacks())
+        return Outcome({"layers": plan, "target_sparsity": sparsity},
+                       magnitude.strip(wrapped), history=history)
+
+
+class ChannelPrune(Technique):
+    name = "channels"
+    description = "structured pruning: drop the lowest-L1 filters/units, rebuild smaller, fine-tune"
+    trains = True
+    params = {
+        "ratio": Param(0.5, _is_fraction, "a fraction of channels to remove in (0, 1)"),
+        "round_to": Param(8, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+    }
+
+    def suffix(self, p):
+        return f"channels-{_fmt(p['ratio'])}"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import graph, structured
+
+        source = inputs.load_parent_model()
+        graph.check_selectors(source, p["skip_layers"], "skip_layers")
+        plan = structured.plan_channel_pruning(source, p["ratio"], p["skip_layers"], p["round_to"])
+        model = structured.apply_channel_pruning(source, plan)
+        history = self.fine_tune(model, inputs, p, teacher=source)
+        return Outcome(plan, model, history=history)
+
+
+class Separable(Technique):
+    name = "separable"
+    description = "Conv2D k x k -> depthwise k x k + pointwise 1x1 (rank-1 SVD init), fine-tune"
+    trains = True
+    params = {
+        "min_input_channels": Param(4, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        "distill": Param(True, FINE_TUNE["distill"].check, FINE_TUNE["distill"].expected),
+    }
+
+    def suffix(self, p):
+        return "separable"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import factorize, graph
+
+        source = inputs.load_parent_model()
+        graph.check_selectors(source, p["skip_layers"], "skip_layers")
+        plan = factorize.plan_separable(source, p["skip_layers"], p["min_input_channels"])
+        model = factorize.apply_separable(source, plan)
+        history = self.fine_tune(model, inputs, p, teacher=source)
+        return Outcome(plan, model, history=history)
+
+
+class LowRank(Technique):
+    name = "lowrank"
+    description = "Dense/Embedding -> low-rank pair from a truncated SVD, fine-tune"
+    trains = True
+    params = {
+        "rank": Param(None, lambda v: v is None or (_is_int(v) and v >= 1),
+                      "null or an integer >= 1"),
+        "rank_ratio": Param(None, lambda v: v is None or (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
+            "null or a fraction of the full rank in (0, 1]"),
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        "distill": Param(True, FINE_TUNE["distill"].check, FINE_TUNE["distill"].expected),
+    }
+
+    def check(self, p):
+        if p["rank"] is None and p["rank_ratio"] is None:
+            p["rank_ratio"] = 0.25
+        if p["rank"] is not None and p["rank_ratio"] is not None:
+            raise InvalidParameterError(
+                f"technique {self.name!r}: give rank or rank_ratio, not both "
+                f"(got rank={p['rank']}, rank_ratio={p['rank_ratio']})")
+
+    def suffix(self, p):
+        return f"lowrank-k{p['rank']}" if p["rank"] is not None else f"lowrank-r{_fmt(p['rank_ratio'])}"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import factorize, graph
+
+        source = inputs.load_parent_model()
+        graph.check_selectors(source, p["skip_layers"], "skip_layers")
+        plan = factorize.plan_low_rank(source, p["rank"], p["rank_ratio"], p["skip_layers"])
+        model = factorize.apply_low_rank(source, plan)
+        history = self.fine_tune(model, inputs, p, teacher=source)
+        return Outcome(plan, model, history=history)
+
+
+class QuantizationAware(Technique):
+    name = "qat"
+    description = "TFMOT quantization-aware fine-tune -> int8 TFLite + QDQ int8 ONNX"
+    trains = True
+    params = {
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        "learning_rate": Param(1e-4, FINE_TUNE["learning_rate"].check, FINE_TUNE["learning_rate"].expected),
+    }
+
+    def suffix(self, p):
+        return "qat-int8"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import quantize
+        from compress.export import export_onnx
+
+        source = inputs.load_parent_model()
+        qat, plan = quantize.qat_model(source, p["skip_layers"])
+        history = self.fine_tune(qat, inputs, p)
+        export_onnx(qat, out_dir / "model.onnx")
+        (out_dir / "model.tflite").write_bytes(quantize.qat_tflite(qat))
+        # A QAT model reloads only inside tfmot's quantize_scope, so the deployable forms
+        # (ONNX, TFLite) are what the variant carries.
+        return Outcome({"layers": plan}, qat, ["model.onnx", "model.tflite"],
+                       reference_model=qat, history=history, save_keras=False)
+
+
+class TFLitePostTraining(Technique):
+    name = "tflite"
+    description = "TFLite post-training quantization: dynamic range, full int8, or float16"
+    params = {"mode": Param("int8", lambda v: v in ("dynamic", "int8", "float16"),
+                            "'dynamic', 'int8' or 'float16'")}
+
+    def suffix(self, p):
+        return f"tflite-{p['mode']}"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import quantize
+
+        source = inputs.load_parent_model()
+        blob = quantize.tflite_post_training(source, p["mode"], inputs.calibration_x)
+        (out_dir / "model.tflite").write_bytes(blob)
+        plan = {"mode": p["mode"], "calibration_examples": len(inputs.calibration_x)
+                if p["mode"] == "int8" else 0}
+        return Outcome(plan, None, ["model.tflite"], reference_model=source)
+
+
+class _OnnxPostTraining(Technique):
+    def apply(self, inputs, p, out_dir):
+        src = inputs.parent.file("model.onnx")
+        dst = out_dir / "model.onnx"
+        plan = self.convert(src, dst, inputs, p)
+        return Outcome(plan, None, ["model.onnx"], reference_onnx=src)
+
+    @abc.abstractmethod
+    def convert(self, src: Path, dst: Path, inputs: Inputs, p: dict) -> dict:
+        """Write the converted `src` to `dst`; return the plan for the lineage."""
+
+
+class OnnxDynamicInt8(_OnnxPostTraining):
+    name = "onnx_dynamic"
+    description = "ONNX Runtime dynamic int8 (weights int8, activations quantized at run time)"
+    params = {"per_channel": Param(False, lambda v: isinstance(v, bool), "true or false")}
+
+    def suffix(self, p):
+        return "onnx-dyn-int8" + ("-pc" if p["per_channel"] else "")
+
+    def convert(self, src, dst, inputs, p):
+        from compress import quantize
+
+        quantize.onnx_dynamic_int8(src, dst, p["per_channel"])
+        return {"weights": "int8", "activations": "dynamic uint8", **p}
+
+
+class OnnxStaticInt8(_OnnxPostTraining):
+    name = "onnx_static"
+    description = "ONNX Runtime static QDQ int8 with calibration (minmax, entropy, percentile)"
+    params = {
+        "calibration": Param("minmax", lambda v: v in ("minmax", "entropy", "percentile"),
+                             "'minmax', 'entropy' or 'percentile'"),
+        "per_channel": Param(True, lambda v: isinstance(v, bool), "true or false"),
+    }
+
+    def suffix(self, p):
+        return f"onnx-qdq-int8-{p['calibration']}" + ("-pc" if p["per_channel"] else "")
+
+    def convert(self, src, dst, inputs, p):
+        from compress import quantize
+
+        quantize.onnx_static_int8(src, dst, inputs.calibration_x, p["calibration"],
+                                  p["per_channel"], inputs.parent.manifest["input"]["name"])
+        return {"format": "QDQ", "weights": "int8", "activations": "uint8",
+                "calibration_examples": len(inputs.calibration_x), **p}
+
+
+class OnnxFloat16(_OnnxPostTraining):
+    name = "onnx_fp16"
+    description = "ONNX float16 weights and compute (onnxconverter-common, float32 inputs/outputs)"
+    params = {}
+
+    def suffix(self, p):
+        return "onnx-fp16"
+
+    def convert(self, src, dst, inputs, p):
+        from compress import quantize
+
+        quantize.onnx_float16(src, dst)
+        return {"dtype": "float16", "keep_io_types": True}
+
+
+TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
+    MagnitudePrune(), ChannelPrune(), Separable(), LowRank(), QuantizationAware(),
+    TFLitePostTraining(), OnnxDynamicInt8(), OnnxStaticInt8(), OnnxFloat16(),
+)}
+
+
+def get_technique(name: str) -> Technique:
+    try:
+        return TECHNIQUES[name]
+    except (KeyError, TypeError):
+        import difflib
+
+        close = difflib.get_close_matches(str(name), TECHNIQUES, n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise UnknownTechniqueError(
+            f"unknown technique {name!r}{hint}; valid: {', '.join(TECHNIQUES)}") from None
