@@ -198,7 +198,7 @@ def write_plots(bench: dict, out_dir: Path) -> list[Path]:
                        marker=markers.get(runtime, "x"), label=runtime, s=45)
         front = _front_rows(rows)
         ax.plot([r["latency"]["p50_ms"] for r in front], [100 * r["accuracy"] for r in front],
-                "k--", lw=1, label="Pareto front")
+                "k--", lw=1, marker="o", ms=13, mfc="none", label="Pareto front")
         for r in front:
             ax.annotate(f"{r['variant']} ({r['runtime']})",
                         (r["latency"]["p50_ms"], 100 * r["accuracy"]), fontsize=7,

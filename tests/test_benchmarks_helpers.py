@@ -42,9 +42,13 @@ def build_tiny_artifacts(root) -> None:
     image = ImagePreprocessor()
     for task, classes in (("fashion_mnist", 10), ("sign_mnist", 24)):
         x = image(datasets.load(get_task(task).dataset, "test").x[:16])
+        # Non-zero biases: tf2onnx drops the Add of an all-zero bias, which would make the
+        # parameter count in the ONNX graph differ from the Keras model's.
+        bias = keras.initializers.RandomNormal(stddev=0.1)
         model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Flatten(),
-                                  keras.layers.Dense(8, activation="relu"),
-                                  keras.layers.Dense(classes, activation="softmax")])
+                                  keras.layers.Dense(8, activation="relu", bias_initializer=bias),
+                                  keras.layers.Dense(classes, activation="softmax",
+                                                     bias_initializer=bias)])
         _save(root, task, f"{task}_tiny", model, x, image, "softmax")
         if task == "fashion_mnist":
             pruned = keras.models.clone_model(model)

@@ -1,0 +1,161 @@
+"""Reports render from a fixed record; the CI gate; the whole `run` on tiny variants."""
+import copy
+import json
+
+import pytest
+
+from benchmarks import check as gate
+from benchmarks.cli import main
+from benchmarks.report import render_all, render_markdown
+from benchmarks.suite import BenchmarkError, quick_settings, run_suite
+from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
+
+
+def _row(variant, runtime, acc, p50, ips32, nbytes, parent=None, ratios=None):
+    return {
+        "task": "fashion_mnist", "variant": variant, "model": "mlp", "parent": parent,
+        "technique": "prune" if parent else "train", "runtime": runtime, "provider": "cpu",
+        "threads": 1, "accuracy": acc, "manifest_accuracy": acc, "manifest_data_source": None,
+        "n_test": 1000,
+        "latency": {"p50_ms": p50, "p90_ms": p50 * 1.2, "p99_ms": p50 * 2, "mean_ms": p50,
+                    "spread_pct": 3.0, "n": 100},
+        "throughput": {"32": {"items_per_s": ips32, "batch_size": 32, "spread_pct": 2.0}},
+        "size": {"file": "model.onnx", "bytes": nbytes, "gzip_bytes": nbytes // 2},
+        "model_stats": {"params": 101_770, "macs": 101_632, "sparsity": 0.5 if parent else 0.0,
+                        "source": "onnx graph"},
+        "variant_dir": "/nonexistent", "curves": None, "runner": None, "error": None,
+        "baseline": "mlp/keras", "ratios": ratios,
+    }
+
+
+FIXED_BENCH = {
+    "schema": "tinyship.bench/1", "created": "2026-01-01T00:00:00+00:00", "artifacts": "artifacts",
+    "settings": {"threads": 1, "budget_s": 0.3, "rounds": 3, "batch_sizes": [32], "quick": False},
+    "environment": {"cpu": "Test CPU", "cpus_usable": 2, "load_average": [0.1, 0.1, 0.1],
+                    "gpus": [], "libraries": {}},
+    "tasks": {"fashion_mnist": {"data_source": "bundled sample data/samples/fashion_mnist.npz",
+                                "n_test": 1000}},
+    "results": [
+        _row("mlp", "keras", 0.85, 0.200, 100_000, 400_000,
+             ratios={"speedup_p50": 1.0, "throughput_32": 1.0, "size": 1.0,
+                     "accuracy_delta_pts": 0.0}),
+        _row("mlp", "onnx", 0.85, 0.010, 2_000_000, 300_000,
+             ratios={"speedup_p50": 20.0, "throughput_32": 20.0, "size": 0.75,
+                     "accuracy_delta_pts": 0.0}),
+        _row("mlp-int8", "onnx", 0.84, 0.005, 4_000_000, 100_000, parent="mlp",
+             ratios={"speedup_p50": 40.0, "throughput_32": 40.0, "size": 0.25,
+                     "accuracy_delta_pts": -1.0}),
+    ],
+    "duration_s": 1.0,
+}
+
+
+def test_markdown_from_a_fixed_record():
+    md = render_markdown(FIXED_BENCH)
+    assert "## fashion_mnist" in md
+    assert "| mlp-int8 | onnx | 84.00 | -1.00 | 0.0050 | 0.0100 | 3 | 40.00 | 4.00M | 40.00 |" in md
+    assert "fastest at batch 1 (p50): **mlp-int8** on onnx" in md
+    assert "Pareto front: mlp-int8 (onnx), mlp (onnx)" in md
+
+
+def test_all_report_files_render_from_a_fixed_record(tmp_path):
+    paths = render_all(copy.deepcopy(FIXED_BENCH), tmp_path)
+    assert paths["markdown"].read_text() == render_markdown(FIXED_BENCH)
+    assert sorted(p.name for p in paths["plots"]) == ["fashion_mnist_accuracy_latency.png",
+                                                      "fashion_mnist_size.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths["plots"])
+    page = paths["html"].read_text()
+    assert "<td>mlp-int8</td>" in page and "fashion_mnist_accuracy_latency.png" in page
+
+
+def test_report_command_rerenders_a_saved_record(tmp_path, capsys):
+    (tmp_path / "bench.json").write_text(json.dumps(FIXED_BENCH))
+    assert main(["report", "--reports", str(tmp_path)]) == 0
+    assert "| mlp | keras |" in capsys.readouterr().out
+    assert (tmp_path / "index.html").is_file()
+
+
+def test_check_passes_unchanged_and_fails_doctored_regressions():
+    baseline = gate.make_baseline(FIXED_BENCH, accuracy_budget_pts=0.5)
+    assert "speedup_p50" not in baseline["rows"]["fashion_mnist/mlp/keras"]  # 1 by definition
+    assert gate.check(FIXED_BENCH, baseline).ok
+
+    slower = copy.deepcopy(FIXED_BENCH)
+    slower["results"][2]["ratios"]["speedup_p50"] = 40.0 * 0.70  # -30%: beyond the 25% allowed
+    result = gate.check(slower, baseline)
+    assert not result.ok
+    assert "fashion_mnist/mlp-int8/onnx: speedup_p50 28.00x vs baseline 40.00x" in result.render()
+
+    noisy = copy.deepcopy(FIXED_BENCH)
+    noisy["results"][2]["ratios"]["speedup_p50"] = 40.0 * 0.80  # -20%: within budget
+    assert gate.check(noisy, baseline).ok
+
+    worse = copy.deepcopy(FIXED_BENCH)
+    worse["results"][1]["accuracy"] = 0.84  # -1 point > 0.5 budget
+    assert "accuracy 84.00% is 1.00 pts below" in gate.check(worse, baseline).render()
+
+    missing = copy.deepcopy(FIXED_BENCH)
+    del missing["results"][2]
+    assert "in the baseline but not in this run" in gate.check(missing, baseline).render()
+
+    added = copy.deepcopy(FIXED_BENCH)
+    added["results"].append({**added["results"][2], "variant": "mlp-new"})
+    result = gate.check(added, baseline)
+    assert result.ok and result.new_rows == ["fashion_mnist/mlp-new/onnx"]
+
+
+def test_check_refuses_a_baseline_from_other_data():
+    baseline = gate.make_baseline(FIXED_BENCH)
+    full = copy.deepcopy(FIXED_BENCH)
+    full["tasks"]["fashion_mnist"] = {"data_source": "../shared/data/fashion_mnist.npz",
+                                      "n_test": 10000}
+    with pytest.raises(gate.BaselineError, match="not comparable"):
+        gate.check(full, baseline)
+
+
+def test_check_command_update_then_check(tmp_path, capsys):
+    bench, baseline = tmp_path / "bench.json", tmp_path / "baseline.json"
+    bench.write_text(json.dumps(FIXED_BENCH))
+    assert main(["check", "--bench", str(bench), "--baseline", str(baseline), "--update"]) == 0
+    assert main(["check", "--bench", str(bench), "--baseline", str(baseline)]) == 0
+    doctored = copy.deepcopy(FIXED_BENCH)
+    doctored["results"][1]["ratios"]["throughput_32"] = 1.0
+    bench.write_text(json.dumps(doctored))
+    assert main(["check", "--bench", str(bench), "--baseline", str(baseline)]) == 1
+    assert "FAIL fashion_mnist/mlp/onnx: throughput_32" in capsys.readouterr().out
+
+
+def test_empty_artifact_root_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(BenchmarkError, match="no variants of the tasks .* make train compress"):
+        run_suite(str(tmp_path), quick_settings())
+    assert main(["run", "--artifacts", str(tmp_path), "--reports", str(tmp_path / "r")]) == 2
+    assert "error: no variants" in capsys.readouterr().err
+
+
+def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path):  # noqa: F811
+    settings = quick_settings(budget_s=0.005, rounds=2)
+    bench = run_suite(str(tiny_artifacts), settings, progress=lambda msg: None)
+    rows = {(r["task"], r["variant"], r["runtime"]): r for r in bench["results"]}
+    variants = [("fashion_mnist", "fashion_mnist_tiny"), ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
+                ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")]
+    assert set(rows) == {(t, v, rt) for t, v in variants for rt in ("keras", "litert", "onnx")}
+    assert not [r["error"] for r in bench["results"] if r["error"]]
+    for (task, variant, runtime), r in rows.items():
+        # Float exports of one model classify the test set identically on every runtime.
+        assert r["accuracy"] == rows[(task, variant, "keras")]["accuracy"]
+        assert r["n_test"] == bench["tasks"][task]["n_test"] > 0
+        assert set(r["throughput"]) == {"32", "256"} and r["latency"]["n"] > 0
+    pruned = rows[("fashion_mnist", "fashion_mnist_tiny-prune-50", "onnx")]
+    assert pruned["baseline"] == "fashion_mnist_tiny/keras"
+    assert pruned["ratios"]["speedup_p50"] > 0 and "throughput_256" in pruned["ratios"]
+    assert bench["environment"]["cpus_usable"] >= 1 and "numpy" in bench["environment"]["libraries"]
+
+    from benchmarks.report import write_reports
+
+    paths = write_reports(bench, tmp_path)
+    md = paths["markdown"].read_text()
+    for task, variant in variants:
+        for runtime in ("keras", "litert", "onnx"):
+            assert f"| {variant} | {runtime} |" in md
+    assert json.loads(paths["json"].read_text())["schema"] == "tinyship.bench/1"
+    assert gate.check(bench, gate.make_baseline(bench)).ok  # an unchanged run passes
