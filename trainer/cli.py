@@ -1,11 +1,13 @@
 """Command line of `trainer`. Each subcommand imports what it needs when it runs, so that
-`--help` and the data commands start without TensorFlow."""
+`--help`, the data commands and recipe validation start without TensorFlow."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from trainer import data
+from trainer.recipe import CHOICES, RecipeError, load_recipe_file, recipe_field_help
 
 
 def _cmd_datasets(args) -> int:
@@ -34,6 +36,98 @@ def _cmd_make_samples(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from trainer.models import get_model, list_models
+
+    for name in list_models():
+        spec = get_model(name)
+        print(f"{name:20s} {spec.kind:6s} task {spec.task:14s} {spec.description}")
+    return 0
+
+
+# ---------------------------------------------------------------- recipe flags
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe (each flag overrides the model default and --recipe)")
+    for name, (type_, default) in recipe_field_help().items():
+        flag = "--" + name.replace("_", "-")
+        choices = f" one of {', '.join(CHOICES[name])};" if name in CHOICES else ""
+        if type_ is bool:
+            group.add_argument(flag, dest=f"recipe_{name}", action=argparse.BooleanOptionalAction,
+                               default=None, help=f"(default {default})")
+        else:
+            group.add_argument(flag, dest=f"recipe_{name}", type=type_, default=None,
+                               metavar=type_.__name__.upper(), help=f"{choices} (default {default!r})")
+
+
+def _recipe_overrides(args) -> dict:
+    return {k[len("recipe_"):]: v for k, v in vars(args).items()
+            if k.startswith("recipe_") and v is not None}
+
+
+def _cmd_train(args) -> int:
+    from trainer.models import get_model
+    from trainer.tasks import get_task
+
+    spec = get_model(args.model)            # unknown names fail here, before TensorFlow loads
+    task = args.task or spec.task
+    get_task(task)
+    recipe_file = load_recipe_file(args.recipe) if args.recipe else None
+    from trainer.recipe import resolve_recipe
+
+    resolve_recipe(spec.defaults, recipe_file, _recipe_overrides(args))  # validate early
+    from trainer.train import train_variant
+
+    train_variant(task, args.model, recipe_file=recipe_file, overrides=_recipe_overrides(args),
+                  data_dir=args.data_dir, artifacts=args.artifacts, variant=args.variant)
+    return 0
+
+
+def _cmd_train_all(args) -> int:
+    from trainer.plan import LECTURE_JOBS, SERVED_JOBS
+    from trainer.train import train_variant
+
+    jobs = SERVED_JOBS + (LECTURE_JOBS if args.with_lecture else ())
+    if args.only:
+        jobs = tuple(j for j in jobs if j.name in args.only or j.model in args.only)
+    start = time.perf_counter()
+    results = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        v = train_variant(job.task, job.model, overrides=dict(job.overrides),
+                          data_dir=args.data_dir, artifacts=args.artifacts, variant=job.variant)
+        results.append((job.name, v.metrics["test_accuracy"], time.perf_counter() - t0))
+    print(f"\n[trainer] train-all: {len(results)} variants in {time.perf_counter() - start:.0f} s")
+    for name, acc, seconds in results:
+        print(f"  {name:32s} test accuracy {acc:.4f}  ({seconds:.0f} s with export)")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from trainer.models import get_model
+    from trainer.search import SEARCH_SPACE, run_search
+
+    spec = get_model(args.model)
+    task = args.task or spec.task
+    overrides = _recipe_overrides(args)
+    from trainer.recipe import resolve_recipe
+
+    resolve_recipe(spec.defaults, None, overrides)  # validate before loading data
+    run_search(task, args.model, sampler=args.sampler, n_trials=args.trials, out_dir=args.out,
+               storage=args.storage, study_name=args.study, overrides=overrides,
+               params=tuple(args.params or SEARCH_SPACE), data_dir=args.data_dir,
+               seed=overrides.get("seed", 0))
+    return 0
+
+
+def _cmd_ensemble(args) -> int:
+    from trainer.ensemble import ensemble_variants
+
+    ensemble_variants(args.task, args.members, method=args.method, artifacts=args.artifacts,
+                      variant=args.variant, data_dir=args.data_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,12 +144,78 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("make-samples", help="cut data/samples from full .npz files")
     s.add_argument("--from", dest="source", required=True, help="folder with the full .npz files")
     s.set_defaults(func=_cmd_make_samples)
+
+    s = sub.add_parser("models", help="list the model zoo")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("train", help="train one model into an artifact variant")
+    s.add_argument("--model", required=True, help="model-zoo name (`python -m trainer models`)")
+    s.add_argument("--task", help="task (default: the model's own task)")
+    s.add_argument("--recipe", help="JSON file with recipe values (only the differences)")
+    s.add_argument("--variant", help="variant name (default: the model name)")
+    _add_common(s)
+    _add_recipe_flags(s)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("train-all", help="train the served tasks' models and the MobileNetV2 "
+                                         "transfer pair (what `make train` runs)")
+    s.add_argument("--with-lecture", action="store_true", help="also XOR and MNIST models")
+    s.add_argument("--only", nargs="*", help="only these jobs (task/variant or model names)")
+    _add_common(s)
+    s.set_defaults(func=_cmd_train_all)
+
+    from trainer.search import SAMPLERS, SEARCH_SPACE
+
+    s = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
+    s.add_argument("--model", required=True, help="model-zoo name")
+    s.add_argument("--task", help="task (default: the model's own task)")
+    s.add_argument("--sampler", default="tpe", choices=SAMPLERS,
+                   help="grid, random or tpe (Bayesian); default tpe")
+    s.add_argument("--trials", type=int, default=10,
+                   help="finished trials the study should hold (a rerun resumes to this count)")
+    s.add_argument("--params", nargs="*", choices=list(SEARCH_SPACE),
+                   help="what to search (default: all of them)")
+    s.add_argument("--out", default="search", help="folder for search.db, results.*, "
+                                                   "best_recipe.json (default: search)")
+    s.add_argument("--storage", help="Optuna storage URL shared by several machines "
+                                     "(default: sqlite:///<out>/search.db)")
+    s.add_argument("--study", help="study name (default: <task>-<model>)")
+    _add_common(s)
+    _add_recipe_flags(s)
+    s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("ensemble", help="average or vote several trained variants of a task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--members", nargs="+", required=True, help="variant names of the task")
+    s.add_argument("--method", default="average", help="average (soft) or vote (hard)")
+    s.add_argument("--variant", help="name (default: ensemble-<method>-<members>)")
+    _add_common(s)
+    s.set_defaults(func=_cmd_ensemble)
     return p
 
 
+def _add_common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data-dir", help="folder with full datasets (default: $DATA_DIR, else the "
+                                      "bundled samples)")
+    s.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from trainer.models import UnknownModelError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (RecipeError, UnknownModelError, data.DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        # Task names, model/task mismatches and transfer requests raise ValueError subclasses
+        # with a message that lists the valid choices.
+        if type(e).__module__.startswith("trainer") or "valid" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""End to end on the bundled samples: train -> artifact with every promised file, XOR solved,
+runs reproducible with a seed, ensembles of trained variants."""
+import json
+
+import numpy as np
+import pytest
+
+from trainer.artifacts import load_variant
+from trainer.train import build_model, fit, prepare_data, resolved_recipe, seed_everything, \
+    train_variant
+
+TINY = {"max_train_examples": 300, "epochs": 1, "width": 0.25, "early_stopping_patience": 0}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts")
+    train_variant("fashion_mnist", "fashion_mlp", overrides=TINY, artifacts=root)
+    train_variant("fashion_mnist", "fashion_mlp", overrides={**TINY, "seed": 1, "width": 0.5},
+                  artifacts=root, variant="fashion_mlp-seed1")
+    return root
+
+
+def test_variant_has_every_promised_file_and_manifest_field(trained):
+    v = load_variant(trained / "fashion_mnist" / "fashion_mlp")  # verifies checksums
+    for name in ("model.keras", "model.onnx", "model.tflite", "history.json", "curves.png",
+                 "confusion.png", "summary.txt", "recipe.json"):
+        assert v.has_file(name), name
+    m = v.manifest
+    assert m["lineage"] == {"parent": None, "technique": "train", "params": m["lineage"]["params"]}
+    assert m["lineage"]["params"]["width"] == 0.25
+    assert m["input"]["shape"] == [None, 28, 28, 1] and m["input"]["dtype"] == "float32"
+    assert m["output"]["activation"] == "softmax"
+    assert m["preprocessing"]["type"] == "image" and len(m["labels"]) == 10
+    assert 0.0 <= m["metrics"]["test_accuracy"] <= 1.0
+    assert "bundled sample" in m["metrics"]["data_source"]
+    assert all(report["ok"] for report in m["extra"]["export"]["parity"])
+    assert json.loads(v.file("recipe.json").read_text()) == m["lineage"]["params"]
+
+
+def test_onnx_file_reproduces_the_keras_accuracy(trained):
+    from compress.export import run_onnx
+    from trainer.data import load
+
+    v = load_variant(trained / "fashion_mnist" / "fashion_mlp")
+    test = load("fashion_mnist", "test")
+    probs = run_onnx(v.file("model.onnx"), v.preprocessor()(test.x))
+    assert np.mean(probs.argmax(1) == test.y) == pytest.approx(v.metrics["test_accuracy"], abs=1e-3)
+
+
+def test_text_variant_writes_vocabulary(tmp_path):
+    v = train_variant("imdb", "imdb_gap", artifacts=tmp_path,
+                      overrides={**TINY, "vocab_size": 500, "max_length": 32, "width": 1.0})
+    assert v.has_file("vocab.json")
+    assert v.manifest["input"]["dtype"] == "int32" and v.manifest["input"]["shape"] == [None, 32]
+    assert v.manifest["output"]["activation"] == "sigmoid"
+    assert v.preprocessor().vocab_size == 500
+
+
+def test_xor_mlp_solves_xor(tmp_path):
+    v = train_variant("xor", "xor_mlp", artifacts=tmp_path)
+    assert v.metrics["test_accuracy"] == 1.0 and v.metrics["n_test"] == 4
+
+
+def _train_once(seed: int):
+    recipe = resolved_recipe("fashion_mlp", overrides={**TINY, "seed": seed, "augment": True,
+                                                       "steps_per_epoch": 3})
+    seed_everything(recipe)
+    data = prepare_data("fashion_mnist", recipe)
+    model = build_model("fashion_mlp", data, recipe)
+    fit(model, data, recipe, verbose=0)
+    return model.get_weights()
+
+
+def test_same_seed_same_weights():
+    first, again, other = _train_once(3), _train_once(3), _train_once(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("method", ["average", "vote"])
+def test_ensemble_of_trained_variants(trained, method):
+    from trainer.ensemble import ensemble_variants
+
+    v = ensemble_variants("fashion_mnist", ["fashion_mlp", "fashion_mlp-seed1"], method=method,
+                          artifacts=trained)
+    assert v.lineage["technique"] == "ensemble"
+    assert v.lineage["params"]["members"] == ["fashion_mlp", "fashion_mlp-seed1"]
+    assert set(v.manifest["extra"]["member_test_accuracy"]) == {"fashion_mlp", "fashion_mlp-seed1"}
+    assert v.has_file("model.onnx") and v.has_file("model.keras")
+    from compress.export import run_onnx
+
+    probs = run_onnx(v.file("model.onnx"), v.preprocessor()(np.zeros((3, 28, 28), np.uint8)))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_ensemble_rejects_a_single_member(trained):
+    from trainer.ensemble import EnsembleError, ensemble_variants
+
+    with pytest.raises(EnsembleError, match="at least 2 members"):
+        ensemble_variants("fashion_mnist", ["fashion_mlp"], artifacts=trained)

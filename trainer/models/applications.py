@@ -1,0 +1,159 @@
+"""`keras.applications` backbones (MobileNetV2, MobileNetV3-Small, EfficientNet-B0) for the
+28x28 grayscale tasks, all built by one builder: input adapter -> backbone -> new head.
+
+Input: float32 (N, 28, 28, 1) from ImagePreprocessor (min-max scaled to [0, 1]);
+output: softmax probabilities. Inside the model:
+
+  adapter_resize  Resizing to `resolution` x `resolution` (bilinear)
+  adapter_rgb     a frozen 1x1 Conv2D that copies gray to 3 channels and rescales [0, 1] to the
+                  range the backbone was trained on ([-1, 1] for MobileNets, [0, 255] for
+                  EfficientNet, which normalizes itself). A Conv2D rather than a Lambda or
+                  Rescaling layer so that TFMOT quantization and tf2onnx handle it like any conv.
+  <backbone>      the keras.applications layers, built flat on the adapter's output
+                  (`input_tensor=`), so `quantize_model` sees no nested model
+  head_pool, head_dropout, head_output   the new classifier
+
+ImageNet weights: used when `options.weights` names a weights file; `cached_imagenet_weights`
+finds Keras' own cache file when one is there (nothing is downloaded). Without them the backbone
+starts from random weights or from a checkpoint the project trained (trainer.transfer).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from trainer.models.blocks import BN_MOMENTUM
+from trainer.models.registry import ModelInputs, ModelOptions, register_model
+
+ADAPTER_PREFIX = "adapter_"
+HEAD_PREFIX = "head_"
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    name: str
+    build: Callable            # (input_tensor, width) -> keras Model (include_top=False)
+    input_scale: float         # [0, 1] pixels -> backbone range: x * scale + offset
+    input_offset: float
+    weights_file: Callable     # (width, resolution) -> file name in Keras' models/ cache
+
+
+def _mobilenet_v2(x, width):
+    from trainer.tf_setup import keras
+
+    return keras.applications.MobileNetV2(input_tensor=x, alpha=width, include_top=False,
+                                          weights=None)
+
+
+def _mobilenet_v3_small(x, width):
+    from trainer.tf_setup import keras
+
+    return keras.applications.MobileNetV3Small(input_tensor=x, alpha=width, include_top=False,
+                                               weights=None, include_preprocessing=False)
+
+
+def _efficientnet_b0(x, width):
+    # keras.applications.EfficientNetB0 fixes width at 1.0; the family constructor it wraps
+    # takes the width coefficient (B0: depth 1.0, default size 224).
+    from tf_keras.src.applications.efficientnet import EfficientNet
+
+    return EfficientNet(width_coefficient=width, depth_coefficient=1.0, default_size=224,
+                        model_name="efficientnetb0", include_top=False, weights=None,
+                        input_tensor=x)
+
+
+def _mobilenet_v2_file(width, resolution):
+    # Keras ships 96..224 px weights and falls back to the 224 px file for other sizes.
+    rows = resolution if resolution in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(width)}_{rows}_no_top.h5"
+
+
+FAMILIES = {
+    f.name: f for f in (
+        BackboneFamily("mobilenet_v2", _mobilenet_v2, 2.0, -1.0, _mobilenet_v2_file),
+        BackboneFamily("mobilenet_v3_small", _mobilenet_v3_small, 2.0, -1.0,
+                       lambda w, r: f"weights_mobilenet_v3_small_224_{w}_float_no_top_v2.h5"),
+        BackboneFamily("efficientnet_b0", _efficientnet_b0, 255.0, 0.0,
+                       lambda w, r: "efficientnetb0_notop.h5"),
+    )
+}
+
+
+def keras_models_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def cached_imagenet_weights(family: str, width: float, resolution: int) -> Path | None:
+    """Keras' cached ImageNet weights file for this backbone, or None when it is not cached."""
+    path = keras_models_cache() / FAMILIES[family].weights_file(width, resolution)
+    return path if path.is_file() else None
+
+
+def backbone_layers(model) -> list:
+    """The backbone's layers of a model built here, in graph order (adapter and head excluded)."""
+    from trainer.tf_setup import keras
+
+    return [layer for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+            and not layer.name.startswith((ADAPTER_PREFIX, HEAD_PREFIX))]
+
+
+def _build(family_name: str, inputs: ModelInputs, options: ModelOptions):
+    from trainer.tf_setup import keras
+
+    L = keras.layers
+    family = FAMILIES[family_name]
+    if len(inputs.input_shape) != 3:
+        raise ValueError(f"{family_name} takes images (H, W, C), got input shape {inputs.input_shape}")
+    resolution = int(options.resolution or 32)
+    if resolution < 32:
+        raise ValueError(f"{family_name}: resolution must be >= 32 (five stride-2 stages), "
+                         f"got {resolution}")
+    channels = inputs.input_shape[-1]
+    x_in = keras.Input(inputs.input_shape, name="input")
+    x = L.Resizing(resolution, resolution, name=ADAPTER_PREFIX + "resize")(x_in)
+    x = L.Conv2D(3, 1, name=ADAPTER_PREFIX + "rgb", trainable=False,
+                 kernel_initializer=keras.initializers.Constant(family.input_scale / channels),
+                 bias_initializer=keras.initializers.Constant(family.input_offset))(x)
+    backbone = family.build(x, options.width)
+    for layer in backbone.layers:
+        if isinstance(layer, L.BatchNormalization):
+            # keras.applications uses 0.99-0.999: too slow for short runs (see BN_MOMENTUM).
+            layer.momentum = BN_MOMENTUM
+    if options.weights:
+        # by_name: the adapter's layers are part of this graph but not of the weights file.
+        backbone.load_weights(os.fspath(options.weights), by_name=True)
+    x = L.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(backbone.output)
+    x = L.Dropout(options.dropout, name=HEAD_PREFIX + "dropout")(x)
+    out = L.Dense(inputs.num_classes, activation="softmax", name=HEAD_PREFIX + "output")(x)
+    return keras.Model(x_in, out, name=family_name)
+
+
+_DEFAULTS = dict(optimizer="adam", learning_rate=1e-3, epochs=12, batch_size=64, dropout=0.2,
+                 resolution=32, augment=True, schedule="cosine", early_stopping_patience=4)
+
+
+@register_model(kind="image", task="sign_mnist",
+                description="28x28x1 -> resize+RGB adapter -> MobileNetV2 (width 0.35) -> GAP "
+                            "-> Dropout -> Dense softmax",
+                width=0.35, **_DEFAULTS)
+def mobilenet_v2(inputs: ModelInputs, options: ModelOptions):
+    return _build("mobilenet_v2", inputs, options)
+
+
+@register_model(kind="image", task="sign_mnist",
+                description="28x28x1 -> resize+RGB adapter -> MobileNetV3-Small (width 0.75) "
+                            "-> GAP -> Dropout -> Dense softmax",
+                width=0.75, **_DEFAULTS)
+def mobilenet_v3_small(inputs: ModelInputs, options: ModelOptions):
+    return _build("mobilenet_v3_small", inputs, options)
+
+
+@register_model(kind="image", task="sign_mnist",
+                description="28x28x1 -> resize+RGB adapter -> EfficientNet-B0 (width 0.5) -> GAP "
+                            "-> Dropout -> Dense softmax",
+                width=0.5, **_DEFAULTS)
+def efficientnet_b0(inputs: ModelInputs, options: ModelOptions):
+    return _build("efficientnet_b0", inputs, options)

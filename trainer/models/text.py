@@ -1,0 +1,56 @@
+"""Text classifiers for IMDB sentiment.
+
+Input: int32 (N, max_length) word ids from TextTokenizer (0 = padding, 1 = unknown word);
+output: (N, 1) sigmoid = p(positive).
+"""
+from __future__ import annotations
+
+from trainer.models.blocks import classifier_head, dense, regularizer, scaled
+from trainer.models.registry import ModelInputs, ModelOptions, register_model
+
+
+def _require_vocab(inputs: ModelInputs, name: str) -> int:
+    if not inputs.vocab_size:
+        raise ValueError(f"model {name!r} needs ModelInputs.vocab_size (the tokenizer's id space)")
+    return inputs.vocab_size
+
+
+@register_model(kind="text", task="imdb",
+                description="ids -> Embedding(10000,16) -> GlobalAveragePooling1D -> Dense16 ReLU "
+                            "-> Dense1 sigmoid (lecture model)",
+                optimizer="adam", learning_rate=1e-3, epochs=30, batch_size=512,
+                vocab_size=10_000, max_length=256, early_stopping_patience=3,
+                monitor="val_loss")
+def imdb_gap(inputs: ModelInputs, options: ModelOptions):
+    from trainer.tf_setup import keras
+
+    L = keras.layers
+    x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")
+    x = L.Embedding(_require_vocab(inputs, "imdb_gap"), scaled(16, options))(x_in)
+    # Padding ids are averaged in too (no mask): tf2onnx and TFLite export masks poorly, and
+    # with 256-token reviews the model learns to ignore the zero embedding.
+    x = L.GlobalAveragePooling1D()(x)
+    x = dense(x, 16, options)
+    return keras.Model(x_in, classifier_head(x, inputs.num_classes, options), name="imdb_gap")
+
+
+@register_model(kind="text", task="imdb",
+                description="ids -> Embedding(20000,64) Dropout -> Conv1D(250,3) ReLU -> "
+                            "GlobalMaxPool -> Dense250 Dropout -> Dense1 sigmoid (word-trigram CNN)",
+                optimizer="adam", learning_rate=1e-3, epochs=6, batch_size=64, dropout=0.3,
+                vocab_size=20_000, max_length=400, early_stopping_patience=2,
+                monitor="val_loss")
+def imdb_cnn(inputs: ModelInputs, options: ModelOptions):
+    """The stronger IMDB model: a 1-D CNN detects sentiment phrases anywhere in the review.
+    Every op (Gather, Conv, ReduceMax, MatMul) exports to ONNX and TFLite."""
+    from trainer.tf_setup import keras
+
+    L = keras.layers
+    x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")
+    x = L.Embedding(_require_vocab(inputs, "imdb_cnn"), scaled(64, options))(x_in)
+    x = L.Dropout(options.dropout)(x)
+    x = L.Conv1D(scaled(250, options), 3, activation="relu", kernel_initializer=options.initializer,
+                 kernel_regularizer=regularizer(options))(x)
+    x = L.GlobalMaxPooling1D()(x)
+    x = dense(x, 250, options)
+    return keras.Model(x_in, classifier_head(x, inputs.num_classes, options), name="imdb_cnn")
