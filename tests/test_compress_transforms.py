@@ -1,0 +1,185 @@
+"""compress: layer transforms, parity, validation and selection on tiny in-memory models
+(no fine-tuning, a few seconds)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress import factorize, profile, structured
+from compress.errors import (InvalidParameterError, NotApplicableError, UnknownTechniqueError,
+                             UnsupportedLayerError)
+from compress.export import ExportParityError, check_parity, export_float, run_onnx
+from compress.pipeline import select
+from compress.recipe import parse_recipe
+from compress.techniques import get_technique
+
+tfs = pytest.importorskip("trainer.tf_setup")
+keras = tfs.keras
+L = keras.layers
+
+
+def small_cnn(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        L.Input((28, 28, 1)), L.Conv2D(8, 3, activation="relu", name="conv_a"),
+        L.BatchNormalization(name="bn_a"), L.MaxPooling2D(),
+        L.Conv2D(16, 3, activation="relu", name="conv_b"), L.MaxPooling2D(), L.Flatten(),
+        L.Dropout(0.1), L.Dense(32, activation="relu", name="hidden"),
+        L.Dense(10, activation="softmax", name="head")], name="small_cnn")
+
+
+def images(n: int = 16, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 28, 28, 1), dtype=np.float32)
+
+
+def test_full_rank_svd_of_dense_reproduces_outputs():
+    model, x = small_cnn(), images()
+    plan = factorize.plan_low_rank(model, rank_ratio=1.0, skip_layers=["head"], require_saving=False)
+    assert plan["layers"]["hidden"]["rank"] == 32
+    factored = factorize.apply_low_rank(model, plan)
+    assert {"hidden_lowrank_u", "hidden_lowrank_v"} <= {layer.name for layer in factored.layers}
+    np.testing.assert_allclose(factored(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert "hidden" in [layer.name for layer in model.layers], "the source model must not change"
+
+
+def test_full_rank_svd_of_embedding_reproduces_outputs():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([L.Input((12,), dtype="int32"), L.Embedding(50, 8, name="emb"),
+                              L.GlobalAveragePooling1D(), L.Dense(1, activation="sigmoid")])
+    ids = np.random.default_rng(0).integers(0, 50, (6, 12)).astype(np.int32)
+    factored = factorize.apply_low_rank(
+        model, factorize.plan_low_rank(model, rank=8, skip_layers=["Dense"], require_saving=False))
+    np.testing.assert_allclose(factored(ids).numpy(), model(ids).numpy(), atol=1e-6)
+
+
+def test_low_rank_skips_layers_that_would_not_shrink():
+    plan = factorize.plan_low_rank(small_cnn(), rank=8)  # 8 * (32 + 10) >= 32 * 10
+    assert "hidden" in plan["layers"] and "head" in plan["kept"]
+
+
+def test_separable_replacement_cuts_macs_and_keeps_shapes():
+    model, x = small_cnn(), images()
+    plan = factorize.plan_separable(model)
+    assert list(plan["layers"]) == ["conv_b"]                # 1-channel input conv kept
+    assert "input channel" in plan["kept"]["conv_a"]
+    sep = factorize.apply_separable(model, plan)
+    assert sep(x).shape == model(x).shape
+    assert profile.count_macs(sep)["macs"] < profile.count_macs(model)["macs"]
+
+
+def test_separable_init_is_exact_for_rank_one_kernels():
+    rng = np.random.default_rng(0)
+    spatial, mixing = rng.normal(size=(3, 3, 4)), rng.normal(size=(4, 6))
+    kernel = np.einsum("hwc,co->hwco", spatial, mixing).astype(np.float32)
+    depthwise, pointwise = factorize.separable_init(kernel)
+    rebuilt = np.einsum("hwc,co->hwco", depthwise[..., 0], pointwise[0, 0])
+    np.testing.assert_allclose(rebuilt, kernel, atol=1e-5)
+
+
+def test_channel_pruning_removing_dead_filters_keeps_outputs():
+    model, x = small_cnn(), images()
+    # Make half of conv_b's filters and half of hidden's units dead: removing exactly those
+    # must not change the outputs (checks the slicing through BN, Flatten and Dense).
+    layer = model.get_layer("conv_b")
+    kernel, bias = layer.get_weights()
+    kernel[..., ::2], bias[::2] = 0, 0
+    layer.set_weights([kernel, bias])
+    plan = structured.plan_channel_pruning(model, 0.5, round_to=1, skip_layers=["conv_a", "hidden"])
+    assert plan["layers"]["conv_b"]["keep"] == list(range(1, 16, 2))
+    pruned = structured.apply_channel_pruning(model, plan)
+    assert pruned.get_layer("conv_b").filters == 8
+    np.testing.assert_allclose(pruned(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert pruned.count_params() < model.count_params()
+
+
+def test_channel_pruning_keeps_residual_producers_whole():
+    inputs = keras.Input((8, 8, 4))
+    a = L.Conv2D(4, 1, name="a")(inputs)
+    b = L.Conv2D(4, 1, name="b")(a)
+    out = L.Dense(2, activation="softmax", name="head")(L.Flatten()(L.Add()([a, b])))
+    model = keras.Model(inputs, out)
+    with pytest.raises(NotApplicableError, match="Add"):
+        structured.plan_channel_pruning(model, 0.5, round_to=1)
+
+
+def test_parity_check_catches_a_corrupted_export(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model, x = small_cnn(), images(32)
+    export_float(model, tmp_path, x, tflite=False)
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    biggest = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    corrupted = numpy_helper.to_array(biggest) * -3.0
+    biggest.CopyFrom(numpy_helper.from_array(corrupted.astype(np.float32), biggest.name))
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    reference = model(x, training=False).numpy()
+    check_parity(reference, run_onnx(tmp_path / "model.onnx", x), "onnxruntime")
+    with pytest.raises(ExportParityError, match=r"max \|diff\|"):
+        check_parity(reference, run_onnx(tmp_path / "bad.onnx", x), "onnxruntime")
+
+
+def test_unknown_technique_is_rejected_with_the_valid_ones():
+    with pytest.raises(UnknownTechniqueError, match="did you mean 'prune'.*valid: .*qat"):
+        get_technique("prun")
+    with pytest.raises(UnknownTechniqueError):
+        parse_recipe({"steps": [{"technique": "distill-everything"}]})
+
+
+@pytest.mark.parametrize("technique,params,message", [
+    ("prune", {"sparsity": 1.5}, r"sparsity=1.5 is invalid; expected a fraction in \(0, 1\)"),
+    ("lowrank", {"rank": 0}, "rank=0 is invalid; expected null or an integer >= 1"),
+    ("channels", {"ratio": 0}, "ratio=0 is invalid"),
+    ("onnx_static", {"calibration": "mse"}, "'minmax', 'entropy' or 'percentile'"),
+    ("prune", {"sparsty": 0.5}, r"unknown parameter\(s\) \['sparsty'\]"),
+])
+def test_impossible_parameters_are_rejected(technique, params, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        parse_recipe({"steps": [{"technique": technique, "params": params}]})
+
+
+def test_recipe_from_must_name_an_earlier_step():
+    with pytest.raises(InvalidParameterError, match="not the id of an earlier step"):
+        parse_recipe({"steps": [{"technique": "onnx_fp16", "from": "pruned"}]})
+
+
+def test_layer_tfmot_cannot_quantize_is_named_with_the_fix():
+    from compress import quantize
+
+    model = keras.Sequential([L.Input((12,), dtype="int32"), L.Embedding(50, 8, name="words"),
+                              L.GlobalAveragePooling1D(), L.Dense(1, activation="sigmoid")])
+    with pytest.raises(UnsupportedLayerError, match=r"'words' \(Embedding\).*skip_layers"):
+        quantize.quantization_plan(model)
+    plan = quantize.quantization_plan(model, ["words"])
+    assert plan["words"].startswith("float") and "int8" in plan.values()
+
+
+def test_layer_tfmot_cannot_prune_is_named_with_the_fix():
+    from compress import magnitude
+
+    class Scale(L.Layer):
+        def build(self, shape):
+            self.scale = self.add_weight(name="scale", shape=(shape[-1],))
+
+        def call(self, x):
+            return x * self.scale
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2)(Scale(name="odd_scale")(inputs)))
+    with pytest.raises(UnsupportedLayerError, match=r"'odd_scale' \(Scale\).*skip_layers"):
+        magnitude.prunable_layers(model, magnitude.PruneSettings())
+
+
+def _row(name, technique, acc, ms, onnx=True):
+    return {"variant": name, "technique": technique, "test_accuracy": acc, "latency_p50_ms": ms,
+            "latency_runtime": "onnx" if onnx else "litert", "has_onnx": onnx, "status": "ok"}
+
+
+def test_selection_obeys_the_accuracy_budget():
+    rows = [_row("base", "train", 0.900, 0.080), _row("int8", "onnx_static", 0.895, 0.040),
+            _row("tiny", "channels", 0.880, 0.010), _row("tfl", "tflite", 0.9, 0.005, onnx=False),
+            {"variant": "broken", "technique": "qat", "status": "failed: parity"}]
+    chosen = select(rows, budget_points=1.0)
+    assert chosen["variant"] == "int8" and chosen["speedup"] == pytest.approx(2.0)
+    assert select(rows, budget_points=2.5)["variant"] == "tiny"
+    assert select(rows, budget_points=0.0)["variant"] == "base"
