@@ -162,10 +162,17 @@ def render_markdown(bench: dict) -> str:
         if front:
             lines.append("- accuracy/latency Pareto front: "
                          + ", ".join(f"{r['variant']} ({r['runtime']})" for r in front))
-        mism = manifest_mismatches([{**r, "data_source": info["data_source"]} for r in rows])
+        with_source = [{**r, "data_source": info["data_source"]} for r in rows]
+        compared = [r for r in with_source if not r.get("error")
+                    and r.get("manifest_accuracy") is not None
+                    and r.get("manifest_data_source") in (None, info["data_source"])]
+        mism = manifest_mismatches(with_source)
         if mism:
             lines += ["", "Accuracy differs from the manifest by more than 0.1 point:"]
             lines += [f"- {m}" for m in mism]
+        elif compared:
+            lines.append(f"- measured accuracy matches the manifest within 0.1 point on all "
+                         f"{len(compared)} rows whose manifest was measured on the same data")
     return "\n".join(lines) + "\n"
 
 
