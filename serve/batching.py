@@ -2,16 +2,18 @@
 
 Configured like Triton's dynamic batcher, with two knobs: `max_batch_size` (rows per
 inference) and `max_queue_delay_us` (how long a batch may wait for more requests). One
-batcher per model, one worker coroutine per batcher, running on the event loop:
+batcher per model; its work runs as plain event-loop callbacks (no task, no extra hops):
 
 - a request is a block of rows (one image or several); it is appended to a bounded queue
   (full queue: `Overloaded`, answered 503 + Retry-After) and its caller awaits a future;
 - the worker takes queued requests in arrival order until the next one would exceed
   `max_batch_size` (a request larger than that runs alone, never split);
-- no waiting when the queue is empty: a lone request runs at once. Only when more than one
-  request was queued (concurrent load) does the worker keep yielding to the event loop to
-  collect new arrivals, stopping when the batch is full, when an event-loop turn brings
-  nothing new, or at `max_queue_delay_us`;
+- the first request into an empty queue schedules a flush for the next event-loop turn, so
+  every handler that is ready in this turn joins the batch;
+- no waiting when the queue is empty: a lone request runs in that next turn. Only when more
+  than one request was collected (concurrent load) does the flush wait further turns for new
+  arrivals, stopping when the batch is full, when turns bring nothing new, or at
+  `max_queue_delay_us`;
 - it runs the model once, slices the outputs back in order and resolves each future with
   exactly its own rows.
 
@@ -61,18 +63,15 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch  # metrics hook: (rows, inference seconds)
         self._queue: collections.deque[_Request] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task | None = None
+        self._forming: list[_Request] = []  # the batch being collected
+        self._rows = 0
+        self._idle_turns = 0
+        self._flush_scheduled = False
         self._closing = False
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
-
-    def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(
-                self._run(), name=f"batcher-{self.name}")
+        return len(self._queue) + len(self._forming)
 
     async def submit(self, rows: np.ndarray) -> BatchResult:
         """Queue one request's rows and wait for its own slice of the batch output."""
@@ -81,55 +80,58 @@ class DynamicBatcher:
         if len(self._queue) >= self.max_queue_size:
             raise Overloaded(f"model {self.name!r} has {len(self._queue)} requests queued "
                              f"(max_queue_size {self.max_queue_size}); retry shortly")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._queue.append(_Request(rows, future, time.perf_counter()))
-        self._wakeup.set()
+        if not self._flush_scheduled:
+            # Run after the handlers that are ready in this event-loop turn have queued theirs.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await future
 
     async def close(self) -> None:
-        """Stop taking requests, finish every queued one, then stop the worker."""
+        """Stop taking requests and wait until every queued one is answered."""
         self._closing = True
-        self._wakeup.set()
-        if self._worker is not None:
-            await self._worker
-            self._worker = None
+        while self._queue or self._forming or self._flush_scheduled:
+            await asyncio.sleep(0.001)
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch, rows = self._take([], 0)
-            if len(batch) > 1 and rows < self.max_batch_size and self.max_delay > 0:
-                batch, rows = await self._gather_more(batch, rows)
+    def _flush(self) -> None:
+        """One event-loop turn of the batcher: collect, and run the batch when it is time."""
+        self._flush_scheduled = False
+        before = len(self._forming)
+        self._take()
+        if self._should_wait(before):
+            self._reschedule()
+            return
+        batch, rows = self._forming, self._rows
+        self._forming, self._rows, self._idle_turns = [], 0, 0
+        if batch:
             self._execute(batch, rows)
-            # Let the answered requests' handlers run before forming the next batch.
-            await asyncio.sleep(0)
+        if self._queue:
+            self._reschedule()
 
-    def _take(self, batch: list[_Request], rows: int) -> tuple[list[_Request], int]:
-        queue = self._queue
+    def _reschedule(self) -> None:
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _take(self) -> None:
+        queue, batch = self._queue, self._forming
         while queue:
             n = len(queue[0].rows)
-            if batch and rows + n > self.max_batch_size:
+            if batch and self._rows + n > self.max_batch_size:
                 break
             batch.append(queue.popleft())
-            rows += n
-        return batch, rows
+            self._rows += n
 
-    async def _gather_more(self, batch: list[_Request], rows: int):
-        deadline = batch[0].enqueued + self.max_delay
-        idle_turns = 0
-        while rows < self.max_batch_size and idle_turns < IDLE_TURNS_BEFORE_RUN:
-            if time.perf_counter() >= deadline:
-                break
-            await asyncio.sleep(0)
-            before = len(batch)
-            batch, rows = self._take(batch, rows)
-            idle_turns = idle_turns + 1 if len(batch) == before else 0
-        return batch, rows
+    def _should_wait(self, before: int) -> bool:
+        """Wait another turn only under concurrent load, while requests keep arriving."""
+        batch = self._forming
+        if (len(batch) < 2 or self._rows >= self.max_batch_size or self._queue
+                or self.max_delay == 0 or self._closing):
+            return False
+        self._idle_turns = self._idle_turns + 1 if len(batch) == before else 0
+        return (self._idle_turns < IDLE_TURNS_BEFORE_RUN
+                and time.perf_counter() < batch[0].enqueued + self.max_delay)
 
     def _execute(self, batch: list[_Request], rows: int) -> None:
         start = time.perf_counter()

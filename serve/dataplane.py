@@ -23,10 +23,11 @@ import numpy as np
 import orjson
 
 from serve.errors import InvalidInput, InvalidJSON, UnknownModel
-from serve.images import decode_image
+from serve.images import INVERT_CHOICES, decode_image
 from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
 from trainer.preprocessing import PreprocessingError
 
+MAX_K = 1000
 MAX_TEXT_CHARS = 100_000  # the longest IMDB review has ~14k characters
 PROTOCOL_VERSION = "1"    # the one model version each task exposes in V2 / TF Serving
 
@@ -125,7 +126,8 @@ def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
     for i, t in enumerate(texts):
         what = "text" if single else f"texts[{i}]"
         if not isinstance(t, str):
-            raise InvalidInput(f"{what} is a {type(t).__name__}", expected="a string")
+            raise InvalidInput(f"{what} is not a string but a JSON {type(t).__name__}",
+                               expected="a string")
         if not t.strip():
             raise InvalidInput(f"{what} is empty", expected="a review with at least one word")
         if len(t) > MAX_TEXT_CHARS:
@@ -135,12 +137,28 @@ def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
     return model.preprocess(texts), single
 
 
+def classify_params(query) -> tuple[int, str]:
+    """`k` (1..1000, default 3) and `invert` (auto|true|false) from the query string."""
+    k_text = query.get("k", "3")
+    if not k_text.isdigit() or not 1 <= int(k_text) <= MAX_K:
+        raise InvalidInput(f"query parameter k={k_text!r} is not valid",
+                           expected=f"an integer from 1 to {MAX_K}")
+    invert = query.get("invert", "auto")
+    if invert not in INVERT_CHOICES:
+        raise InvalidInput(f"query parameter invert={invert!r} is not valid",
+                           expected=" | ".join(INVERT_CHOICES))
+    return int(k_text), invert
+
+
 def top_k(model: ServedModel, probabilities: np.ndarray, k: int) -> list[list[dict]]:
-    k = min(k, probabilities.shape[1])
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    # Plain Python on .tolist(): for 2..24 classes it is several times faster than numpy.
     labels = model.labels
-    return [[{"label": labels[c], "class_id": int(c), "probability": round(float(row[c]), 6)}
-             for c in idx] for row, idx in zip(probabilities, order)]
+    ranked = []
+    for row in probabilities.tolist():
+        order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
+        ranked.append([{"label": labels[c], "class_id": c, "probability": round(row[c], 6)}
+                       for c in order])
+    return ranked
 
 
 def classify_answer(model: ServedModel, probabilities: np.ndarray, k: int, single: bool,

@@ -28,6 +28,16 @@ _TOP_K = [{"label": "Ankle boot", "class_id": 9, "probability": 0.97},
           {"label": "Sandal", "class_id": 5, "probability": 0.01}]
 
 CLASSIFY_BODY = {
+    "parameters": [
+        {"name": "task", "in": "path", "required": True,
+         "schema": {"type": "string", "enum": ["fashion_mnist", "sign_mnist", "imdb"]}},
+        {"name": "k", "in": "query", "required": False, "description": "how many classes",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3}},
+        {"name": "invert", "in": "query", "required": False,
+         "description": "uploaded images: invert the grayscale; auto inverts light-background "
+                        "photos for fashion_mnist (its images are bright on black)",
+         "schema": {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"}},
+    ],
     "requestBody": {
         "required": True,
         "content": {

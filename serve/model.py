@@ -174,9 +174,9 @@ class ServedModel:
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """(N, C) class probabilities: a sigmoid column p(positive) becomes [1 - p, p]."""
         if self.activation == "sigmoid":
-            p = raw.reshape(-1, 1).astype(np.float64)
+            p = raw.reshape(-1, 1)
             return np.concatenate([1.0 - p, p], axis=1)
-        return raw.astype(np.float64, copy=False)
+        return raw
 
     def check_tensor(self, x: np.ndarray, what: str = "input") -> np.ndarray:
         """Validate a raw model-input tensor (standard protocols): dtype, shape, values."""

@@ -31,8 +31,8 @@ class ModelRepository:
         self.models = {t: ServedModel(t, settings.artifacts, settings.providers,
                                       settings.session_threads, warmup) for t in tasks}
         self.batchers: dict[str, DynamicBatcher] = {}
-        self._queue_time = {t: metrics.queue_time.labels(t) for t in tasks}
-        self._queue_depth = {t: metrics.queue_depth.labels(t) for t in tasks}
+        self._observe_queue_time = {t: metrics.queue_time_observer(t) for t in tasks}
+        metrics.queue_depth_source = lambda: {n: b.queue_depth for n, b in self.batchers.items()}
         self.loading_done = False
         for t in self.models:
             metrics.set_model_state(t, "loading")
@@ -58,7 +58,6 @@ class ModelRepository:
                     max_queue_delay_us=self.settings.max_queue_delay_us,
                     max_queue_size=self.settings.max_queue_size,
                     on_batch=self.metrics.batch_observer(name))
-                batcher.start()
                 self.batchers[name] = batcher
         self.loading_done = True
         failed = {n: m.error for n, m in self.models.items() if m.error}
@@ -74,9 +73,8 @@ class ModelRepository:
             out = model.predict(x)
             infer_ms = (time.perf_counter() - start) * 1e3
             return out, {"queue": 0.0, "inference": round(infer_ms, 3), "batch_rows": len(x)}
-        self._queue_depth[model.name].set(batcher.queue_depth)
         result = await batcher.submit(x)
-        self._queue_time[model.name].observe(result.queue_seconds)
+        self._observe_queue_time[model.name](result.queue_seconds)
         return result.outputs, {"queue": round(result.queue_seconds * 1e3, 3),
                                 "inference": round(result.infer_seconds * 1e3, 3),
                                 "batch_rows": result.batch_rows}

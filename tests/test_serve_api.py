@@ -1,0 +1,373 @@
+"""serve over HTTP, in process: every endpoint and input form, errors, auth, limits, readiness.
+
+Models are real ONNX fixtures (serve.fixtures: random weights, real manifests), so the tests
+need no trained artifacts and no TensorFlow. Budget: a few seconds.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from serve.app import create_app
+from serve.fixtures import write_fixture_artifacts
+from serve.settings import Settings
+from trainer.artifacts import selected_variant
+from trainer.runtime import make_session
+from trainer.tasks import FASHION_LABELS, SIGN_LETTERS
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-api"))
+
+
+def start(app) -> TestClient:
+    client = TestClient(app).__enter__()
+    deadline = time.monotonic() + 30
+    while not app.state.repository.loading_done:
+        assert time.monotonic() < deadline, "models did not load within 30 s"
+        time.sleep(0.01)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(artifacts):
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1)))
+    yield c
+    c.__exit__(None, None, None)
+
+
+def pixels(n=None):
+    shape = (28, 28) if n is None else (n, 28, 28)
+    return RNG.integers(0, 256, shape).tolist()
+
+
+def reference_probs(artifacts, task, x):
+    variant = selected_variant(artifacts, task)
+    session = make_session(variant.file("model.onnx"), providers=("cpu",))
+    return session.run(None, {"input": variant.preprocessor()(x)})[0]
+
+
+def png_bytes(size=(300, 200), mode="RGB", color=(250, 250, 250)):
+    img = Image.new(mode, size, color)
+    img.paste((20, 20, 20) if mode == "RGB" else 20, (100, 50, 200, 150))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- friendly API ----------------------------------------------------------------------------
+def test_classify_pixels_gives_human_labels_matching_the_model(client, artifacts):
+    img = pixels()
+    r = client.post("/v1/classify/fashion_mnist", json={"pixels": img})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["variant"] == "fixture_mlp" and len(body["top_k"]) == 3
+    probs = reference_probs(artifacts, "fashion_mnist", np.array(img))[0]
+    best = int(np.argmax(probs))
+    assert body["top_k"][0] == {"label": FASHION_LABELS[best], "class_id": best,
+                                "probability": pytest.approx(float(probs[best]), abs=1e-5)}
+    assert [p["probability"] for p in body["top_k"]] == sorted(
+        (p["probability"] for p in body["top_k"]), reverse=True)
+    assert set(body["timing_ms"]) >= {"queue", "inference", "total"}
+    assert r.headers["x-request-id"]
+
+
+def test_classify_batch_of_pixels_and_k(client):
+    r = client.post("/v1/classify/sign_mnist?k=5", json={"pixels": pixels(4)})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 4 and all(len(x["top_k"]) == 5 for x in results)
+    assert all(p["label"] in SIGN_LETTERS for x in results for p in x["top_k"])
+
+
+def test_classify_base64_and_multipart_images_of_any_size_and_colour(client):
+    data = png_bytes()
+    r1 = client.post("/v1/classify/fashion_mnist",
+                     json={"image_base64": "data:image/png;base64," + base64.b64encode(data).decode()})
+    r2 = client.post("/v1/classify/fashion_mnist", files={"file": ("shoe.png", data, "image/png")})
+    rgba = png_bytes((40, 90), "RGBA", (0, 0, 0, 0))
+    r3 = client.post("/v1/classify/sign_mnist", files={"file": ("hand.png", rgba, "image/png")})
+    for r in (r1, r2, r3):
+        assert r.status_code == 200, r.text
+    assert r1.json()["top_k"] == r2.json()["top_k"]
+
+
+def test_classify_text_and_texts(client):
+    r = client.post("/v1/classify/imdb", json={"text": "A wonderful film, I loved it."})
+    assert r.status_code == 200, r.text
+    top = r.json()["top_k"]
+    assert {p["label"] for p in top} == {"negative", "positive"}
+    assert sum(p["probability"] for p in top) == pytest.approx(1.0, abs=1e-5)
+    r = client.post("/v1/classify/imdb?k=1", json={"texts": ["Great.", "Awful.", "Fine."]})
+    assert r.status_code == 200 and [len(x["top_k"]) for x in r.json()["results"]] == [1, 1, 1]
+
+
+BAD_REQUESTS = [
+    # (task, kwargs for client.post, status, words in the error)
+    ("fashion_mnist", {"content": b"{not json"}, 400, "not valid JSON"),
+    ("fashion_mnist", {"content": b""}, 400, "empty"),
+    ("fashion_mnist", {"content": b"[1, 2]"}, 400, "JSON list"),
+    ("fashion_mnist", {"content": b'{"pixels": [[NaN]]}'}, 400, "not valid JSON"),
+    ("fashion_mnist", {"content": b'{"pixels": [[1e999]]}'}, 400, "not valid JSON"),
+    ("fashion_mnist", {"json": {"pixels": [[1, 2, 3]]}}, 422, "expected 28x28"),
+    ("fashion_mnist", {"json": {"pixels": [[1, 2], [3]]}}, 422, "ragged"),
+    ("fashion_mnist", {"json": {"pixels": [["a"] * 28] * 28}}, 422, "non-numbers"),
+    ("fashion_mnist", {"json": {"pixels": [[None] * 28] * 28}}, 422, "non-numbers"),
+    ("fashion_mnist", {"json": {"pixels": [[300] * 28] * 28}}, 422, "0..255"),
+    ("fashion_mnist", {"json": {"pixels": [[-1] * 28] * 28}}, 422, "0..255"),
+    ("fashion_mnist", {"json": {"pixels": []}}, 422, "expected 28x28"),
+    ("fashion_mnist", {"json": {"picture": 1}}, 422, "no image"),
+    ("fashion_mnist", {"json": {"image_base64": "!!!"}}, 422, "not valid base64"),
+    ("fashion_mnist", {"json": {"image_base64": base64.b64encode(b"not an image").decode()}},
+     422, "could not be decoded"),
+    ("fashion_mnist", {"files": {"file": ("x.png", b"", "image/png")}}, 422, "empty"),
+    ("fashion_mnist", {"files": {"other": ("x.png", b"1", "image/png")}}, 422, "'file'"),
+    ("imdb", {"json": {"text": ""}}, 422, "empty"),
+    ("imdb", {"json": {"text": "   "}}, 422, "empty"),
+    ("imdb", {"json": {"text": "word " * 30_000}}, 422, "characters"),
+    ("imdb", {"json": {"text": 5}}, 422, "string"),
+    ("imdb", {"json": {"texts": []}}, 422, "non-empty list"),
+    ("imdb", {"json": {"pixels": [[0] * 28] * 28}}, 422, "no text"),
+    ("imdb", {"files": {"file": ("x.png", b"1", "image/png")}}, 422, "takes text"),
+    ("no_such_task", {"json": {"text": "hi"}}, 404, "unknown model"),
+]
+
+
+@pytest.mark.parametrize("task,kwargs,status,words", BAD_REQUESTS,
+                         ids=[f"{t}-{w}-{i}" for i, (t, _, __, w) in enumerate(BAD_REQUESTS)])
+def test_bad_input_gets_a_4xx_json_error_saying_what_is_expected(client, task, kwargs, status,
+                                                                  words):
+    r = client.post(f"/v1/classify/{task}", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert words in body["error"] and body["code"] and body.get("expected"), body
+
+
+@pytest.mark.parametrize("query", ["k=0", "k=abc", "k=5000", "invert=maybe"])
+def test_bad_query_parameters(client, query):
+    r = client.post(f"/v1/classify/fashion_mnist?{query}", json={"pixels": pixels()})
+    assert r.status_code == 422 and "query parameter" in r.json()["error"]
+
+
+def test_unknown_route_and_method_are_json(client):
+    r = client.get("/v9/nothing")
+    assert r.status_code == 404 and r.json()["expected"]
+    assert client.get("/v1/classify/imdb").status_code == 405
+
+
+# -- Open Inference Protocol -----------------------------------------------------------------
+def test_v2_server_health_and_model_metadata(client):
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/fashion_mnist").json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert meta["outputs"] == [{"name": "probs", "datatype": "FP32", "shape": [-1, 10]}]
+    assert client.get("/v2/models/imdb").json()["inputs"][0]["datatype"] == "INT32"
+    assert client.get("/v2/models/imdb/versions/1/ready").json()["ready"] is True
+    assert client.get("/v2/models/imdb/versions/7").status_code == 404
+    assert client.get("/v2/models/nope/ready").status_code == 404
+
+
+def test_v2_infer_json_and_binary(client, artifacts):
+    raw = np.array(pixels(2))
+    x = (raw / 255.0).astype(np.float32)[..., None]
+    expected = reference_probs(artifacts, "fashion_mnist", raw)
+    r = client.post("/v2/models/fashion_mnist/infer", json={
+        "id": "req-7", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 28, 28, 1],
+                                   "data": x.ravel().tolist()}]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "req-7" and out["outputs"][0]["shape"] == [2, 10]
+    np.testing.assert_allclose(np.array(out["outputs"][0]["data"]).reshape(2, 10), expected,
+                               atol=1e-5)
+    header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32",
+                                       "shape": [2, 28, 28, 1],
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": "probs", "parameters": {"binary_data": True}}]})
+    r = client.post("/v2/models/fashion_mnist/infer", content=header + x.tobytes(),
+                    headers={"Inference-Header-Content-Length": str(len(header)),
+                             "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 2 * 10 * 4
+    np.testing.assert_allclose(np.frombuffer(r.content[n:], np.float32).reshape(2, 10),
+                               expected, atol=1e-5)
+
+
+def _v2(datatype="FP32", shape=(1, 28, 28, 1), data=None, name="input"):
+    count = int(np.prod(shape))
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": list(shape),
+                        "data": [0.5] * count if data is None else data}]}
+
+
+V2_BAD = [
+    ("fashion_mnist", _v2(datatype="FP64"), "datatype FP64"),
+    ("fashion_mnist", _v2(datatype="BF17"), "not supported"),
+    ("fashion_mnist", _v2(shape=(1, 28, 28)), "shape"),
+    ("fashion_mnist", _v2(data=[0.5] * 10), "needs 784"),
+    ("fashion_mnist", _v2(data=[2.0] * 784), "values span"),
+    ("fashion_mnist", _v2(name="pixels"), "unknown input"),
+    ("fashion_mnist", _v2(shape=(0, 28, 28, 1), data=[]), "empty batch"),
+    ("fashion_mnist", {"inputs": []}, "exactly one input"),
+    ("fashion_mnist", {**_v2(), "outputs": [{"name": "logits"}]}, "unknown output"),
+    ("imdb", _v2("INT32", (1, 64), [5000] * 64), "values span"),
+    ("imdb", _v2("INT32", (1, 64), [1.5] * 64), "fractional"),
+]
+
+
+@pytest.mark.parametrize("task,body,words", V2_BAD, ids=[w for _, __, w in V2_BAD])
+def test_v2_bad_requests(client, task, body, words):
+    r = client.post(f"/v2/models/{task}/infer", json=body)
+    assert r.status_code == 422, r.text
+    assert words in r.json()["error"], r.json()
+
+
+def test_v2_binary_nan_and_wrong_sizes(client):
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32",
+                                       "shape": [1, 28, 28, 1],
+                                       "parameters": {"binary_data_size": x.nbytes}}]})
+    post = lambda body, n: client.post("/v2/models/fashion_mnist/infer", content=body,  # noqa: E731
+                                       headers={"Inference-Header-Content-Length": str(n)})
+    r = post(header + x.tobytes(), len(header))
+    assert r.status_code == 422 and "NaN" in r.json()["error"]
+    r = post(header + x.tobytes()[:100], len(header))
+    assert r.status_code == 422 and "binary_data_size" in r.json()["error"]
+    assert post(header, 10**6).status_code == 422
+    assert post(header, "x").status_code == 422
+
+
+# -- TensorFlow Serving ----------------------------------------------------------------------
+def test_tfserving_predict_instances_and_inputs(client, artifacts):
+    raw = np.array(pixels(3))
+    x = (raw / 255.0)[..., None].tolist()
+    expected = reference_probs(artifacts, "fashion_mnist", raw)
+    r = client.post("/v1/models/fashion_mnist:predict", json={"instances": x})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], expected, atol=1e-5)
+    r = client.post("/v1/models/fashion_mnist:predict", json={"inputs": {"input": x}})
+    np.testing.assert_allclose(r.json()["outputs"], expected, atol=1e-5)
+    r = client.post("/v1/models/fashion_mnist:predict", json={"instances": [{"input": x[0]}]})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    status = client.get("/v1/models/imdb").json()["model_version_status"][0]
+    assert status["state"] == "AVAILABLE"
+    for bad in ({"instances": []}, {"rows": 1}, {"instances": [{"x": 1}]},
+                {"instances": x, "signature_name": "other"}):
+        r = client.post("/v1/models/fashion_mnist:predict", json=bad)
+        assert r.status_code == 422 and r.json()["expected"], r.text
+
+
+# -- operations ------------------------------------------------------------------------------
+def test_metrics_count_requests_by_model_and_status(client):
+    client.post("/v1/classify/imdb", json={"text": "fine"})
+    client.post("/v1/classify/imdb", json={"text": ""})
+    text = client.get("/metrics").text
+    assert 'tinyship_requests_total{model="imdb",route="/v1/classify/{task}",status="200"}' in text
+    assert 'status="422"' in text
+    assert 'tinyship_batch_size_bucket{le="1",model="imdb"}' in text
+    assert 'tinyship_model_state{model="sign_mnist",state="ready"} 1.0' in text
+    assert "tinyship_queue_duration_seconds_count" in text
+
+
+def test_docs_document_every_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/classify/{task}", "/v2/models/{name}/infer", "/v2/health/ready",
+                 "/v1/models/{name}:predict", "/metrics"):
+        assert path in spec["paths"], path
+    classify = spec["paths"]["/v1/classify/{task}"]["post"]
+    assert {"pixels", "text"} <= set(classify["requestBody"]["content"]["application/json"]
+                                     ["examples"])
+    assert {p["name"] for p in classify["parameters"]} == {"task", "k", "invert"}
+    assert client.get("/docs").status_code == 200
+    assert "<canvas" in client.get("/").text
+
+
+def test_body_limit_answers_413(artifacts):
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), max_body_bytes=1000)))
+    try:
+        r = c.post("/v1/classify/fashion_mnist", json={"pixels": pixels()})
+        assert r.status_code == 413 and "1,000 bytes" in r.json()["expected"]
+
+        def chunks():  # no Content-Length: the limit is enforced while reading
+            for _ in range(10):
+                yield b" " * 500
+        r = c.post("/v1/classify/imdb", content=chunks())
+        assert r.status_code == 413, r.text
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_api_key_protects_everything_but_health(artifacts):
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), api_key="s3cret")))
+    try:
+        body = {"text": "nice"}
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.get("/v2/health/live").status_code == 200
+        r = c.post("/v1/classify/imdb", json=body)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert c.post("/v1/classify/imdb", json=body,
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/v2/models/imdb").status_code == 401
+        ok = c.post("/v1/classify/imdb", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_not_ready_before_models_are_loaded_and_warm(artifacts):
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",)), load_models=False)
+    with TestClient(app) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/models/imdb/ready").status_code == 503
+        r = c.post("/v1/classify/imdb", json={"text": "good"})
+        assert r.status_code == 503 and "still loading" in r.json()["error"]
+        assert 'state="loading"} 1.0' in c.get("/metrics").text
+        c.portal.call(app.state.repository.load_all)
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post("/v1/classify/imdb", json={"text": "good"}).status_code == 200
+
+
+def test_a_corrupt_model_does_not_take_the_others_down(tmp_path):
+    root = write_fixture_artifacts(tmp_path)
+    variant = selected_variant(root, "sign_mnist")
+    (variant.path / "model.onnx").write_bytes(b"garbage")  # checksum no longer matches
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
+    try:
+        assert c.get("/v2/health/ready").status_code == 200
+        r = c.post("/v1/classify/sign_mnist", json={"pixels": pixels()})
+        assert r.status_code == 503 and "checksum mismatch" in r.json()["error"]
+        ready = c.get("/v2/models/sign_mnist/ready")
+        assert ready.status_code == 503 and "checksum" in ready.json()["error"]
+        assert c.post("/v1/classify/fashion_mnist", json={"pixels": pixels()}).status_code == 200
+        assert 'tinyship_model_state{model="sign_mnist",state="failed"} 1.0' in c.get("/metrics").text
+        assert c.get("/v1/models/sign_mnist").json()["model_version_status"][0]["state"] == "END"
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_a_missing_selection_is_reported_not_fatal(tmp_path):
+    root = write_fixture_artifacts(tmp_path)
+    (root / "imdb" / "selected.json").unlink()
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
+    try:
+        r = c.post("/v1/classify/imdb", json={"text": "good"})
+        assert r.status_code == 503 and "no variant selected" in r.json()["error"]
+        assert c.post("/v1/classify/fashion_mnist", json={"pixels": pixels()}).status_code == 200
+    finally:
+        c.__exit__(None, None, None)
