@@ -1,0 +1,260 @@
+"""serve as users run it: a real uvicorn server, the official Triton client, the CLI,
+graceful shutdown, the Triton repository export and the demo page in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+from serve.app import create_app
+from serve.fixtures import write_fixture_artifacts
+from serve.settings import Settings
+from tests.conftest import REPO
+from trainer.artifacts import selected_variant
+from trainer.runtime import make_session
+from trainer.tasks import FASHION_LABELS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-live"))
+
+
+@pytest.fixture(scope="module")
+def server(artifacts):
+    """uvicorn in a thread, as `python -m serve` runs it (uvloop, httptools)."""
+    port = free_port()
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                       access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_tritonclient_metadata_and_inference_json_and_binary(server, artifacts):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fashion_mnist")
+    meta = client.get_model_metadata("fashion_mnist")
+    assert meta["inputs"][0]["shape"] == [-1, 28, 28, 1]
+    output_name = meta["outputs"][0]["name"]
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, (3, 28, 28))
+    variant = selected_variant(artifacts, "fashion_mnist")
+    x = variant.preprocessor()(raw)
+    expected = make_session(variant.file("model.onnx"), providers=("cpu",)).run(
+        None, {"input": x})[0]
+    for binary in (False, True):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput(output_name, binary_data=binary)
+        result = client.infer("fashion_mnist", [inp], outputs=[out], request_id="r1")
+        np.testing.assert_allclose(result.as_numpy(output_name), expected, atol=1e-5)
+    # No outputs named: the client asks for binary outputs of every tensor.
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("fashion_mnist", [inp]).as_numpy(output_name),
+                               expected, atol=1e-5)
+    ids = np.zeros((2, 64), np.int32)
+    inp = httpclient.InferInput("input", [2, 64], "INT32")
+    inp.set_data_from_numpy(ids)
+    assert client.infer("imdb", [inp]).as_numpy("prob").shape == (2, 1)
+    client.close()
+
+
+def test_export_triton_writes_a_repository_triton_can_parse(artifacts, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out = tmp_path / "model_repository"
+    r = subprocess.run([sys.executable, "-m", "serve", "export-triton", "--out", str(out),
+                        "--artifacts", str(artifacts)], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for task, dtype, dims, width in (("fashion_mnist", "TYPE_FP32", [28, 28, 1], 10),
+                                     ("sign_mnist", "TYPE_FP32", [28, 28, 1], 24),
+                                     ("imdb", "TYPE_INT32", [64], 1)):
+        config = text_format.Parse((out / task / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert config.name == task and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert model_config_pb2.DataType.Name(config.input[0].data_type) == dtype
+        assert list(config.input[0].dims) == dims and list(config.output[0].dims) == [width]
+        variant = selected_variant(artifacts, task)
+        assert (out / task / "1" / "model.onnx").read_bytes() == variant.file("model.onnx").read_bytes()
+        assert (out / task / "labels.txt").read_text().split("\n")[:len(variant.labels)] == variant.labels
+    assert "kind: InferenceService" in (out / "kserve-inferenceservice.yaml").read_text()
+
+
+def test_cli_serves_and_shuts_down_gracefully(artifacts):
+    port = free_port()
+    env = {**os.environ, "SERVE_MAX_BATCH_SIZE": "8"}
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--port", str(port), "--artifacts",
+                             str(artifacts), "--providers", "cpu", "--access-log", "true"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        req = urllib.request.Request(url + "/v1/classify/imdb", data=b'{"text": "good film"}',
+                                     headers={"Content-Type": "application/json",
+                                              "X-Request-ID": "abc-123"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["X-Request-ID"] == "abc-123"
+            assert json.loads(r.read())["top_k"][0]["label"] in ("positive", "negative")
+        # In-flight requests finish after SIGTERM: start some, then signal while they run.
+        results = []
+
+        def call():
+            try:
+                with urllib.request.urlopen(urllib.request.Request(
+                        url + "/v1/classify/imdb?k=1", data=b'{"texts": ["ok"]}'), timeout=10) as r:
+                    results.append(r.status)
+            except OSError as e:  # refused/closed after the listener stopped, or an HTTPError
+                results.append(type(e).__name__)
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(15)
+        # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    assert any(r.get("request_id") == "abc-123" and r.get("status") == 200 for r in logs)
+    messages = [r["msg"] for r in logs]
+    assert any("queued requests answered" in m for m in messages)
+    assert any("Finished server process" in m for m in messages), messages
+    # A request the server had read was answered with 200, never failed with a 5xx; ones
+    # that arrived after the listener closed see a connection error, which clients retry.
+    assert len(results) == 8 and results.count(200) >= 1 and "HTTPError" not in results
+
+
+def test_cli_rejects_bad_settings(artifacts):
+    r = subprocess.run([sys.executable, "-m", "serve", "--max-batch-size", "zero"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "max_batch_size" in r.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
+                    "(apt-get install -y chromium; .ci/run installs it)")
+def test_demo_page_in_headless_chromium(server, tmp_path):
+    from websockets.sync.client import connect
+
+    profile = tmp_path / "chromium-profile"
+    browser = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         server + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline, "Chromium did not start"
+            time.sleep(0.1)
+        devtools = f"http://127.0.0.1:{port_file.read_text().split()[0]}"
+        page = None
+        while page is None:
+            with urllib.request.urlopen(devtools + "/json/list", timeout=5) as r:
+                page = next((t for t in json.loads(r.read()) if t["type"] == "page"), None)
+            assert time.monotonic() < deadline, "no page target"
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            calls = iter(range(1, 10**6))
+
+            def evaluate(expression: str):
+                call_id = next(calls)
+                ws.send(json.dumps({"id": call_id, "method": "Runtime.evaluate",
+                                    "params": {"expression": expression, "awaitPromise": True,
+                                               "returnByValue": True}}))
+                while True:
+                    msg = json.loads(ws.recv(timeout=30))
+                    if msg.get("id") == call_id:
+                        return msg["result"]["result"].get("value")
+
+            def wait_for(expression: str, timeout: float = 30):
+                end = time.monotonic() + timeout
+                while time.monotonic() < end:
+                    value = evaluate(expression)
+                    if value:
+                        return value
+                    time.sleep(0.1)
+                raise TimeoutError(expression)
+
+            wait_for("document.readyState === 'complete' && !!document.getElementById('classify')")
+            # A review: pick the task, type, click, read the answer from the page.
+            evaluate("""(() => { const t = document.getElementById('task'); t.value = 'imdb';
+                       t.dispatchEvent(new Event('change'));
+                       document.getElementById('text').value = 'A wonderful, moving film.';
+                       document.getElementById('classify').click(); })()""")
+            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                              ".map(li => li.textContent).join('|')")
+            labels = [item.split(" ")[0] for item in answer.split("|")]
+            assert sorted(labels) == ["negative", "positive"], answer
+            # A drawing: pointer strokes on the canvas, then classify.
+            evaluate("""(() => { const t = document.getElementById('task');
+                       t.value = 'fashion_mnist'; t.dispatchEvent(new Event('change'));
+                       const c = document.getElementById('canvas'), r = c.getBoundingClientRect();
+                       const ev = (type, x, y) => c.dispatchEvent(new PointerEvent(type,
+                           {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+                       ev('pointerdown', 60, 60);
+                       for (let i = 0; i <= 20; i++) ev('pointermove', 60 + 8 * i, 60 + 8 * i);
+                       window.dispatchEvent(new PointerEvent('pointerup'));
+                       document.getElementById('classify').click(); })()""")
+            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                              ".map(li => li.textContent).join('|')")
+            top = answer.split("|")
+            assert len(top) == 3 and all(any(item.startswith(lbl + " ") for lbl in FASHION_LABELS)
+                                         for item in top), answer
+            assert "variant fixture_mlp" in evaluate("document.getElementById('status').textContent")
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
