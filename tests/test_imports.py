@@ -11,6 +11,8 @@ TF_FREE_MODULES = [
     "trainer.runtime",
     "compress", "serve", "benchmarks",
     "benchmarks.runners", "benchmarks.measure",
+    "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",
+    "serve.triton_export", "serve.fixtures",
 ]
 BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
 
