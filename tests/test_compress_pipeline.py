@@ -1,0 +1,168 @@
+"""compress end to end on the bundled Fashion-MNIST sample: every technique makes a loadable
+variant with its lineage, pruning reaches the asked sparsity, a failed step leaves nothing
+behind, and the selection is recorded for `serve`. One tiny CNN, short fine-tunes (~60 s)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from compress import pipeline
+from compress.recipe import parse_recipe
+from trainer import artifacts, data
+from trainer.preprocessing import ImagePreprocessor
+from trainer.tasks import get_task
+
+tfs = pytest.importorskip("trainer.tf_setup")
+keras = tfs.keras
+L = keras.layers
+
+TASK, MODEL = "fashion_mnist", "tiny_cnn"
+RECIPE = {
+    "epochs": 1, "train_limit": 1000, "test_limit": 300, "parity_size": 300,
+    "calibration_size": 64,
+    "steps": [
+        {"id": "pruned", "technique": "prune", "params": {"sparsity": 0.6, "schedule": "constant"}},
+        {"technique": "prune", "params": {"m_by_n": [2, 4]}},
+        {"id": "narrow", "technique": "channels", "params": {"ratio": 0.5, "round_to": 1}},
+        {"technique": "separable", "params": {"skip_layers": ["conv_a"]}},
+        {"technique": "lowrank", "params": {"rank": 4, "skip_layers": ["head"]}},
+        {"technique": "qat"},
+        {"technique": "tflite", "params": {"mode": "dynamic"}},
+        {"technique": "onnx_static", "from": "narrow", "params": {"calibration": "percentile"}},
+        {"technique": "onnx_dynamic"},
+        {"technique": "onnx_fp16"},
+        # Impossible on purpose: every layer skipped, so TFMOT has nothing it may prune.
+        {"id": "nothing", "technique": "prune", "params": {"skip_layers": ["Conv2D", "Dense"]}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A trained base variant written the way `trainer` writes one."""
+    from compress.export import export_float
+
+    root = tmp_path_factory.mktemp("artifacts")
+    pre = ImagePreprocessor()
+    train = data.load(TASK, "train").subset(1000)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        L.Input((28, 28, 1)), L.Conv2D(8, 3, activation="relu", name="conv_a"), L.MaxPooling2D(),
+        L.Conv2D(16, 3, activation="relu", name="conv_b"), L.MaxPooling2D(), L.Flatten(),
+        L.Dense(32, activation="relu", name="hidden"), L.Dense(10, activation="softmax", name="head"),
+    ], name=MODEL)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(pre(train.x), train.y, epochs=4, batch_size=32, verbose=0)
+    test = pre(data.load(TASK, "test").x[:200])
+    with artifacts.create_variant(
+            root, task=TASK, model=MODEL, variant=MODEL,
+            lineage={"parent": None, "technique": "train", "params": {}},
+            input={"name": "input", "shape": [None, 28, 28, 1], "dtype": "float32"},
+            output={"name": "output", "activation": "softmax"}, preprocessing=pre.to_config(),
+            labels=list(get_task(TASK).labels), metrics={"test_accuracy": 0.0}) as v:
+        model.save(v.path("model.keras"))
+        export_float(model, v.dir, test, tflite=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(root):
+    recipe = parse_recipe(RECIPE, "test recipe")
+    rows = pipeline.run_model(root, TASK, MODEL, recipe)
+    report = pipeline.update_report(root, TASK, MODEL, rows, rows[0]["data_source"])
+    pipeline.finish_task(root, TASK, report, recipe.accuracy_budget_points, log=lambda *a: None)
+    return {r["variant"]: r for r in rows}
+
+
+EXPECTED = {  # variant -> (parent, technique, files it must carry)
+    "tiny_cnn-prune-s0.6-const": ("tiny_cnn", "prune", {"model.keras", "model.onnx", "model.tflite"}),
+    "tiny_cnn-prune-2of4": ("tiny_cnn", "prune", {"model.keras", "model.onnx"}),
+    "tiny_cnn-channels-0.5": ("tiny_cnn", "channels", {"model.keras", "model.onnx"}),
+    "tiny_cnn-separable": ("tiny_cnn", "separable", {"model.keras", "model.onnx"}),
+    "tiny_cnn-lowrank-k4": ("tiny_cnn", "lowrank", {"model.keras", "model.onnx"}),
+    "tiny_cnn-qat-int8": ("tiny_cnn", "qat", {"model.onnx", "model.tflite"}),
+    "tiny_cnn-tflite-dynamic": ("tiny_cnn", "tflite", {"model.tflite"}),
+    "tiny_cnn-channels-0.5-onnx-qdq-int8-percentile-pc": ("tiny_cnn-channels-0.5", "onnx_static", {"model.onnx"}),
+    "tiny_cnn-onnx-dyn-int8": ("tiny_cnn", "onnx_dynamic", {"model.onnx"}),
+    "tiny_cnn-onnx-fp16": ("tiny_cnn", "onnx_fp16", {"model.onnx"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_technique_makes_a_loadable_variant_with_lineage(root, rows, name):
+    parent, technique, files = EXPECTED[name]
+    variant = artifacts.find_variant(root, TASK, name)  # verifies every checksum
+    assert variant.lineage["parent"] == parent and variant.lineage["technique"] == technique
+    assert "plan" in variant.lineage["params"]
+    assert files <= set(variant.manifest["files"])
+    m = variant.metrics
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["latency_p50_ms"] > 0
+    assert all(report["ok"] for report in variant.manifest["extra"]["parity"])
+    assert rows[name]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_magnitude_pruning_reaches_the_asked_sparsity(root, rows):
+    pruned = artifacts.find_variant(root, TASK, "tiny_cnn-prune-s0.6-const")
+    per_layer = pruned.manifest["extra"]["profile"]["sparsity_per_layer"]
+    for layer in ("conv_a", "conv_b", "hidden", "head"):
+        assert per_layer[layer] == pytest.approx(0.6, abs=0.02), layer
+    two_of_four = artifacts.find_variant(root, TASK, "tiny_cnn-prune-2of4")
+    dense = keras.models.load_model(two_of_four.file("model.keras")).get_layer("hidden")
+    # The 2:4 pattern: of every 4 consecutive input weights of a unit, at most 2 are nonzero.
+    groups = dense.get_weights()[0].T.reshape(32, -1, 4)
+    assert ((groups != 0).sum(axis=-1) <= 2).all()
+
+
+@pytest.mark.slow
+def test_structural_variants_are_smaller(rows):
+    base = rows["tiny_cnn"]
+    assert rows["tiny_cnn-channels-0.5"]["params"] < base["params"]
+    assert rows["tiny_cnn-channels-0.5"]["macs"] < base["macs"]
+    assert rows["tiny_cnn-separable"]["macs"] < base["macs"]
+    assert rows["tiny_cnn-lowrank-k4"]["params"] < base["params"]
+    assert rows["tiny_cnn-onnx-dyn-int8"]["onnx_bytes"] < base["onnx_bytes"] / 2
+
+
+@pytest.mark.slow
+def test_failed_step_leaves_no_partial_artifact(root, rows):
+    assert rows["nothing"]["status"].startswith("not applicable")
+    task_dir = root / TASK
+    assert not [p for p in task_dir.iterdir() if p.name.startswith(".")]
+    assert not (task_dir / "tiny_cnn-prune-s0.8").exists()
+
+
+@pytest.mark.slow
+def test_selection_is_recorded_for_serve(root, rows):
+    chosen = artifacts.selected_variant(root, TASK)
+    record = json.loads((root / TASK / "selected.json").read_text())["reason"]
+    assert chosen.has_file("model.onnx")
+    assert rows[chosen.name]["test_accuracy"] >= record["baseline_accuracy"] - 0.01 - 1e-12
+    ok = [r for r in rows.values() if r.get("status") == "ok" and r.get("has_onnx")
+          and r["test_accuracy"] >= record["baseline_accuracy"] - 0.01 - 1e-12]
+    assert record["latency_p50_ms"] == min(r["latency_p50_ms"] for r in ok)
+    assert (root / TASK / "compress_report.md").read_text().count("| tiny_cnn") >= 8
+
+
+@pytest.mark.slow
+def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monkeypatch):
+    from compress.export import ExportParityError
+
+    def failing_parity(*args, **kwargs):
+        raise ExportParityError("forced for the test")
+
+    monkeypatch.setattr(pipeline, "check_parity", failing_parity)
+    recipe = parse_recipe({"test_limit": 50, "train_limit": 50, "parity_size": 50,
+                           "steps": [{"technique": "onnx_fp16", "id": "fp16-again"}]})
+    (root / TASK / "tiny_cnn-onnx-fp16").rename(root / TASK / ".moved-away")
+    try:
+        again = pipeline.run_model(root, TASK, MODEL, recipe, log=lambda *a: None)
+        assert not (root / TASK / "tiny_cnn-onnx-fp16").exists()
+    finally:
+        (root / TASK / ".moved-away").rename(root / TASK / "tiny_cnn-onnx-fp16")
+    assert again[-1]["status"] == "failed: forced for the test"
+    leftovers = [p.name for p in (root / TASK).iterdir() if p.name.startswith(".tmp")]
+    assert leftovers == []
