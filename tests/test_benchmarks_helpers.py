@@ -69,11 +69,18 @@ def build_tiny_artifacts(root) -> None:
           extra_files=[("vocab.json", lambda p: tokenizer.save_vocabulary(p.parent))])
 
 
+_BUILT: dict = {}
+
+
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    build_tiny_artifacts(root)
-    return root
+    # Test modules import this fixture, and pytest keeps one session cache per importing
+    # module; the module-level cache makes the variants get built once per session anyway.
+    if "root" not in _BUILT:
+        root = tmp_path_factory.mktemp("artifacts")
+        build_tiny_artifacts(root)
+        _BUILT["root"] = root
+    return _BUILT["root"]
 
 
 def test_tiny_artifacts_are_valid_variants(tiny_artifacts):
