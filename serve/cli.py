@@ -6,6 +6,7 @@ a flag wins over the environment.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import fields
@@ -19,11 +20,12 @@ HELP = {
     "workers": "uvicorn worker processes (each loads every model)",
     "artifacts": "artifact root with <task>/selected.json",
     "providers": "ONNX Runtime providers, best first, comma-separated (cuda,cpu)",
-    "threads": "ORT intra-op threads per model; 0 = the cores this process may use",
+    "threads": "ORT intra-op threads per model; 0 = the usable cores divided by workers",
     "max_batch_size": "rows per batched inference; 1 disables the dynamic batcher",
     "max_queue_delay_us": "longest a batch waits for more requests under load (microseconds)",
     "max_queue_size": "queued requests per model before answering 503 + Retry-After",
-    "api_key": "require 'Authorization: Bearer KEY' on every route but health",
+    "api_key": "require 'Authorization: Bearer KEY' on every route but health "
+               "(prefer the environment variable: flags show in `ps`)",
     "max_body_bytes": "largest request body (larger: 413)",
     "cors_origins": "comma-separated browser origins allowed to call the API",
     "access_log": "log one JSON line per request (true/false)",
@@ -67,6 +69,10 @@ def serve(settings: Settings) -> None:
     from serve.logs import setup_logging
 
     setup_logging(settings.log_level)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        logging.getLogger("serve").warning(
+            "serving on %s without an API key: anyone who can reach the port can use it "
+            "(set SERVE_API_KEY)", settings.host)
     # Worker processes rebuild the app from the environment: hand them the resolved settings.
     os.environ.update(settings.to_env())
     uvicorn.run("serve.app:create_app_from_env", factory=True, host=settings.host,

@@ -92,6 +92,49 @@ def image_cnn_onnx(num_classes: int, channels: tuple[int, int] = (32, 64), seed:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])], inits)
 
 
+# (output channels, stride) of each depthwise-separable block of the MobileNet-like fixture.
+MOBILENET_BLOCKS = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1),
+                    (64, 1), (96, 1), (96, 1), (128, 1))
+
+
+def image_mobilenet_onnx(num_classes: int, blocks=MOBILENET_BLOCKS, seed: int = 0) -> bytes:
+    """float32 (N,28,28,1) -> Conv3x3 -> 12 depthwise-separable blocks (ReLU6) -> global
+    average pool -> Dense(C, softmax): MobileNet's shape, ~40 small ops whose fixed per-call
+    cost dominates at batch 1, which is where batching pays."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], [helper.make_node("Transpose", ["input"], ["x0"], perm=[0, 3, 1, 2])]
+    inits.append(_init("relu6_min", np.array(0.0, np.float32)))
+    inits.append(_init("relu6_max", np.array(6.0, np.float32)))
+
+    def conv(x, out, c_in, c_out, k, stride, group, name):
+        inits.append(_init(f"{name}_w", rng.normal(0, (2.0 / (k * k * c_in / group)) ** 0.5,
+                                                   (c_out, c_in // group, k, k)).astype(np.float32)))
+        inits.append(_init(f"{name}_b", np.zeros(c_out, np.float32)))
+        pad = k // 2
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"],
+                                      pads=[pad] * 4, strides=[stride] * 2, group=group))
+        nodes.append(helper.make_node("Clip", [f"{name}_c", "relu6_min", "relu6_max"], [out]))
+
+    c = 16
+    conv("x0", "s0", 1, c, 3, 1, 1, "stem")
+    x = "s0"
+    for i, (c_out, stride) in enumerate(blocks):
+        conv(x, f"dw{i}", c, c, 3, stride, c, f"b{i}dw")
+        conv(f"dw{i}", f"pw{i}", c, c_out, 1, 1, 1, f"b{i}pw")
+        x, c = f"pw{i}", c_out
+    inits += [_init("w", rng.normal(0, 0.1, (c, num_classes)).astype(np.float32)),
+              _init("b", np.zeros(num_classes, np.float32))]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+              helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    return _graph_model(
+        nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 28, 28, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])], inits)
+
+
 def text_onnx(vocab_size: int, max_length: int, dim: int = 16, seed: int = 0) -> bytes:
     """int32 (N, L) token ids -> Embedding -> mean over words -> Dense(1, sigmoid)."""
     from onnx import TensorProto, helper
@@ -109,9 +152,12 @@ def text_onnx(vocab_size: int, max_length: int, dim: int = 16, seed: int = 0) ->
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])], inits)
 
 
+IMAGE_BUILDERS = {"mlp": image_mlp_onnx, "cnn": image_cnn_onnx, "mobilenet": image_mobilenet_onnx}
+
+
 def write_image_variant(root: Path, task: str, image_model: str = "mlp", seed: int = 0) -> str:
     labels = list(get_task(task).labels)
-    build = {"mlp": image_mlp_onnx, "cnn": image_cnn_onnx}[image_model]
+    build = IMAGE_BUILDERS[image_model]
     name = f"fixture_{image_model}"
     with create_variant(root, task=task, model=name, variant=name,
                         lineage={"parent": None, "technique": "fixture",
@@ -155,8 +201,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serve.fixtures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--image-model", choices=("mlp", "cnn"), default="mlp")
-    parser.add_argument("--sign-model", choices=("mlp", "cnn"), default=None,
+    parser.add_argument("--image-model", choices=sorted(IMAGE_BUILDERS), default="mlp")
+    parser.add_argument("--sign-model", choices=sorted(IMAGE_BUILDERS), default=None,
                         help="model for sign_mnist (default: --image-model)")
     args = parser.parse_args(argv)
     print(write_fixture_artifacts(args.artifacts, args.image_model, args.sign_model))

@@ -26,7 +26,7 @@ class Settings:
     workers: int = 1                 # uvicorn worker processes, each loads every model
     artifacts: Path = DEFAULT_ROOT   # artifact root with <task>/selected.json
     providers: tuple[str, ...] = ("cuda", "cpu")  # ONNX Runtime providers, best first
-    threads: int = 0                 # ORT intra-op threads per session; 0 = cores this process may use
+    threads: int = 0                 # ORT intra-op threads per session; 0 = usable cores / workers
     max_batch_size: int = 32         # rows merged into one inference; 1 disables the batcher
     max_queue_delay_us: int = 500    # longest a batch waits for more requests, only under load
     max_queue_size: int = 1024       # requests waiting per model before answering 503
@@ -58,7 +58,9 @@ class Settings:
     def session_threads(self) -> int:
         if self.threads:
             return self.threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+        return max(1, cores // self.workers)  # workers share the cores, don't oversubscribe
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
