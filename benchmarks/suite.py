@@ -201,10 +201,14 @@ def _measure_row(variant: Variant, runtime: str, data: _TaskData, stats: dict,
             row["provider"] = runner.provider
             row["threads"] = row["runner"]["threads"]
             row["accuracy"] = accuracy(runner, x, data.y, settings.accuracy_batch)
-            row["latency"] = single_stream(runner, x[:settings.latency_inputs],
-                                           rounds=settings.rounds, budget_s=settings.budget_s)
+            row["latency"] = single_stream(runner, x[:settings.latency_inputs], warmup=10,
+                                           min_repeats=20, rounds=settings.rounds,
+                                           budget_s=settings.budget_s)
             for batch in settings.batch_sizes:
-                row["throughput"][str(batch)] = offline(runner, x, batch, rounds=settings.rounds,
+                # Few calls minimum: a MobileNet batch of 256 takes about a second on one thread,
+                # while the time budget gives fast models many calls anyway.
+                row["throughput"][str(batch)] = offline(runner, x, batch, warmup=1, min_repeats=2,
+                                                        rounds=settings.rounds,
                                                         budget_s=settings.budget_s)
     except ROW_ERRORS as e:
         row["error"] = f"{type(e).__name__}: {e}"
