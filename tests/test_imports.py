@@ -9,6 +9,7 @@ from tests.conftest import REPO
 TF_FREE_MODULES = [
     "trainer", "trainer.tasks", "trainer.data", "trainer.preprocessing", "trainer.artifacts",
     "trainer.runtime",
+    "trainer.models", "trainer.recipe", "trainer.plan", "trainer.cli",
     "compress", "serve", "benchmarks",
     "benchmarks.runners", "benchmarks.measure",
     "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",

@@ -99,3 +99,15 @@ def test_ensemble_rejects_a_single_member(trained):
 
     with pytest.raises(EnsembleError, match="at least 2 members"):
         ensemble_variants("fashion_mnist", ["fashion_mlp"], artifacts=trained)
+
+
+def test_mirrored_strategy_trains_the_same_code(tmp_path):
+    from trainer.train import train_model
+
+    recipe = resolved_recipe("fashion_mlp", overrides={**TINY, "strategy": "mirrored",
+                                                       "steps_per_epoch": 2})
+    data = prepare_data("fashion_mnist", recipe)
+    result = train_model("fashion_mlp", data, recipe)
+    assert result.extra["distribute"]["strategy"] == "MirroredStrategy"
+    assert result.extra["distribute"]["replicas"] >= 1
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -34,7 +34,8 @@ SERVED_JOBS = (
     TrainJob("fashion_mnist", "mobilenet_v2", {"epochs": 8}),
     TrainJob("sign_mnist", "mobilenet_v2",
              {"pretrained": "fashion_mnist/mobilenet_v2", "head_epochs": 2, "epochs": 8,
-              "fine_tune_layers": 200, "compare_scratch": True}),
+              "fine_tune_layers": 200, "fine_tune_lr_factor": 0.3,
+              "compare_scratch": True}),
 )
 
 LECTURE_JOBS = (
