@@ -36,10 +36,6 @@ class InvalidInput(ServeError):
     code = "invalid_input"
 
 
-class UnsupportedMediaType(ServeError):
-    code = "unsupported_media_type"
-
-
 class UnknownModel(ServeError):
     code = "unknown_model"
 
@@ -80,7 +76,6 @@ class InferenceFailed(ServeError):
 HTTP_STATUS: dict[type[ServeError], int] = {
     InvalidJSON: 400,
     InvalidInput: 422,
-    UnsupportedMediaType: 415,
     UnknownModel: 404,
     ModelNotReady: 503,
     Overloaded: 503,

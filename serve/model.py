@@ -9,6 +9,7 @@ are not affected. No TensorFlow, no HTTP.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +29,16 @@ V2_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
                 np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
 NUMPY_DTYPES = {v: k for k, v in V2_DATATYPES.items()}
 WARMUP_ROUNDS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def ort_errors() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's exception classes: they derive from Exception, not RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
+             "NoModel", "NotImplemented", "RuntimeException", "EPFail", "ModelLoaded")
+    return tuple(getattr(ort_state, n) for n in names if hasattr(ort_state, n)) + (RuntimeError,)
 
 
 class ModelState(str, enum.Enum):
@@ -89,8 +100,8 @@ class ServedModel:
         start = time.perf_counter()
         try:
             self._load()
-        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as e:
-            # ONNX Runtime raises its own RuntimeError subclasses for a corrupt model file.
+        except (ArtifactError, OSError, ValueError, KeyError, *ort_errors()) as e:
+            # A broken artifact of any kind: checksum, manifest, vocabulary, unreadable ONNX.
             self.state, self.error = ModelState.FAILED, f"{type(e).__name__}: {e}"
             log.error("model %s failed to load: %s", self.name, self.error)
             return self
@@ -168,7 +179,7 @@ class ServedModel:
         """Raw model outputs for a batch of model inputs (already preprocessed and checked)."""
         try:
             return self._session.run(None, {self.input.name: x})[0]
-        except (RuntimeError, ValueError) as e:  # ORT's Fail/InvalidArgument derive from these
+        except (ValueError, *ort_errors()) as e:
             raise InferenceFailed(f"model {self.name!r} failed on a batch of {len(x)}: {e}") from e
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:

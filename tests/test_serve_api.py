@@ -371,3 +371,58 @@ def test_a_missing_selection_is_reported_not_fatal(tmp_path):
         assert c.post("/v1/classify/fashion_mnist", json={"pixels": pixels()}).status_code == 200
     finally:
         c.__exit__(None, None, None)
+
+
+def test_an_unreadable_onnx_file_with_valid_checksums_fails_only_its_model(tmp_path):
+    from serve.fixtures import write_image_variant
+    from trainer.artifacts import create_variant, select_variant
+
+    root = tmp_path
+    write_image_variant(root, "fashion_mnist")
+    good = selected_variant(root, "fashion_mnist").manifest
+    with create_variant(root, task="sign_mnist", model="broken", variant="broken",
+                        lineage={"parent": None, "technique": "fixture"},
+                        input=good["input"], output=good["output"],
+                        preprocessing=good["preprocessing"], labels=list(SIGN_LETTERS)) as v:
+        v.path("model.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    select_variant(root, "sign_mnist", "broken")
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
+    try:
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["sign_mnist"]["state"] == "failed" and models["sign_mnist"]["error"]
+        assert models["imdb"]["state"] == "failed"  # nothing selected for it here
+        assert models["fashion_mnist"]["state"] == "ready"
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post("/v1/classify/sign_mnist", json={"pixels": pixels()}).status_code == 503
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_settings_from_environment_and_back():
+    env = {"SERVE_PORT": "9000", "SERVE_PROVIDERS": "cpu", "SERVE_CORS_ORIGINS": "http://a,http://b",
+           "SERVE_ACCESS_LOG": "yes", "ARTIFACTS_DIR": "/x", "SERVE_MAX_BATCH_SIZE": "1"}
+    s = Settings.from_env(env)
+    assert (s.port, s.providers, s.cors_origins, s.access_log, str(s.artifacts)) == (
+        9000, ("cpu",), ("http://a", "http://b"), True, "/x")
+    assert not s.batching and Settings.from_env(s.to_env()) == s
+    from serve.settings import SettingsError
+    for bad in ({"SERVE_PORT": "eighty"}, {"SERVE_MAX_QUEUE_SIZE": "0"},
+                {"SERVE_ACCESS_LOG": "maybe"}, {"SERVE_LOG_LEVEL": "loud"}):
+        with pytest.raises(SettingsError, match="SERVE_|log_level|max_queue_size"):
+            Settings.from_env(bad)
+
+
+def test_cors_preflight_and_headers(artifacts):
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), api_key="k",
+                                  cors_origins=("http://app.example",))))
+    try:
+        r = c.options("/v1/classify/imdb", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        r = c.post("/v1/classify/imdb", json={"text": "good"},
+                   headers={"Origin": "http://app.example", "Authorization": "Bearer k"})
+        assert r.status_code == 200 and "x-request-id" in r.headers["access-control-expose-headers"].lower()
+    finally:
+        c.__exit__(None, None, None)

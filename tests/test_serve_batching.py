@@ -137,3 +137,24 @@ def test_server_merges_concurrent_http_requests_and_matches_answers(tmp_path):
     count = [line for line in metrics.splitlines()
              if line.startswith('tinyship_batch_size_count{model="fashion_mnist"}')]
     assert count and float(count[0].split()[-1]) < 48  # fewer inferences than requests
+
+
+def test_server_answers_503_with_retry_after_when_the_queue_is_full(tmp_path):
+    root = write_fixture_artifacts(tmp_path)
+    app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1, max_queue_size=2))
+    body = {"pixels": np.zeros((28, 28), int).tolist()}
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            while not app.state.repository.loading_done:
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await asyncio.gather(*(c.post("/v1/classify/fashion_mnist", json=body)
+                                              for _ in range(30)))
+
+    responses = asyncio.run(main())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and "max_queue_size" in refused.json()["error"]
