@@ -77,8 +77,9 @@ def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tupl
                            "does not serve", expected=f"POST /v2/models/{model.name}/infer")
     if "pixels" in doc:
         pixels = _numeric_array(doc["pixels"], "pixels")
-        single = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 1)
-        return _preprocess(model, pixels), single
+        if pixels.ndim == 3 and pixels.shape[-1] == 1 and pixels.shape[0] != 1:
+            pixels = pixels[..., 0]  # one (28, 28, 1) image, channel last
+        return _preprocess(model, pixels), pixels.ndim == 2
     if "image_base64" in doc:
         return image_inputs(model, _b64decode(doc["image_base64"]), invert), True
     raise InvalidInput(f"no image in the request (keys: {', '.join(sorted(doc)) or 'none'})",

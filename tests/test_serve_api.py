@@ -89,6 +89,12 @@ def test_classify_batch_of_pixels_and_k(client):
     results = r.json()["results"]
     assert len(results) == 4 and all(len(x["top_k"]) == 5 for x in results)
     assert all(p["label"] in SIGN_LETTERS for x in results for p in x["top_k"])
+    one = np.array(pixels())
+    r = client.post("/v1/classify/sign_mnist", json={"pixels": one[..., None].tolist()})
+    assert r.json()["top_k"] == client.post("/v1/classify/sign_mnist",
+                                            json={"pixels": one.tolist()}).json()["top_k"]
+    r = client.post("/v1/classify/sign_mnist", json={"pixels": one[None, ..., None].tolist()})
+    assert len(r.json()["results"]) == 1
 
 
 def test_classify_base64_and_multipart_images_of_any_size_and_colour(client):
