@@ -7,7 +7,10 @@ import sys
 import time
 
 from trainer import data
-from trainer.recipe import CHOICES, RecipeError, load_recipe_file, recipe_field_help
+from trainer.artifacts import ArtifactError
+from trainer.errors import TrainerInputError
+from trainer.recipe import CHOICES, load_recipe_file, recipe_field_help
+from trainer.tasks import get_task
 
 
 def _cmd_datasets(args) -> int:
@@ -67,11 +70,9 @@ def _recipe_overrides(args) -> dict:
 
 def _cmd_train(args) -> int:
     from trainer.models import get_model
-    from trainer.tasks import get_task
 
     spec = get_model(args.model)            # unknown names fail here, before TensorFlow loads
-    task = args.task or spec.task
-    get_task(task)
+    task = _check_task(args.task or spec.task)
     recipe_file = load_recipe_file(args.recipe) if args.recipe else None
     from trainer.recipe import resolve_recipe
 
@@ -108,7 +109,7 @@ def _cmd_search(args) -> int:
     from trainer.search import SEARCH_SPACE, run_search
 
     spec = get_model(args.model)
-    task = args.task or spec.task
+    task = _check_task(args.task or spec.task)
     overrides = _recipe_overrides(args)
     from trainer.recipe import resolve_recipe
 
@@ -123,7 +124,7 @@ def _cmd_search(args) -> int:
 def _cmd_ensemble(args) -> int:
     from trainer.ensemble import ensemble_variants
 
-    ensemble_variants(args.task, args.members, method=args.method, artifacts=args.artifacts,
+    ensemble_variants(_check_task(args.task), args.members, method=args.method, artifacts=args.artifacts,
                       variant=args.variant, data_dir=args.data_dir)
     return 0
 
@@ -200,22 +201,21 @@ def _add_common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from trainer.models import UnknownModelError
+def _check_task(name: str) -> str:
+    try:
+        get_task(name)
+    except ValueError as e:  # trainer.tasks reports unknown tasks as a plain ValueError
+        raise TrainerInputError(str(e)) from None
+    return name
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, UnknownModelError, data.DatasetNotFoundError) as e:
+    except (TrainerInputError, data.DatasetNotFoundError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        # Task names, model/task mismatches and transfer requests raise ValueError subclasses
-        # with a message that lists the valid choices.
-        if type(e).__module__.startswith("trainer") or "valid" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

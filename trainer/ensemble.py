@@ -14,6 +14,7 @@ import json
 
 from trainer import data as datasets
 from trainer.artifacts import DEFAULT_ROOT, Variant, find_variant
+from trainer.errors import TrainerInputError
 from trainer.tasks import get_task
 from trainer.tf_setup import keras, require_tf_keras_model, tf
 
@@ -21,7 +22,7 @@ METHODS = ("average", "vote")
 TIE_BREAK = 1e-3
 
 
-class EnsembleError(ValueError):
+class EnsembleError(TrainerInputError):
     """Members that cannot be combined; the message says which and why."""
 
 

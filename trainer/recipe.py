@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from trainer.errors import TrainerInputError
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "plateau")
 INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "random_normal")
@@ -24,7 +26,7 @@ CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "initializer": INITIA
            "scaling": SCALINGS, "strategy": STRATEGIES, "monitor": MONITORS}
 
 
-class RecipeError(ValueError):
+class RecipeError(TrainerInputError):
     """A recipe key, type or value that is not valid; the message lists the valid ones."""
 
 

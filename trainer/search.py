@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 
+from trainer.errors import TrainerInputError
 from trainer.recipe import RecipeError
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -54,7 +55,7 @@ SEARCH_SPACE = {
 }
 
 
-class SearchError(ValueError):
+class SearchError(TrainerInputError):
     """A search request that cannot run; the message lists the valid choices."""
 
 

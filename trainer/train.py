@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data as datasets
-from trainer.artifacts import DEFAULT_ROOT, Variant, create_variant, load_variant
+from trainer.artifacts import DEFAULT_ROOT, Variant, create_variant, load_variant, variant_dir
+from trainer.errors import TrainerInputError
 from trainer.models import ModelInputs, ModelOptions, get_model, list_models
 from trainer.preprocessing import ImagePreprocessor, TextTokenizer, VectorPreprocessor
 from trainer.recipe import Recipe, RecipeError, resolve_recipe
@@ -28,7 +29,7 @@ from trainer.tf_setup import keras, require_tf_keras_model, tf
 PARITY_EXAMPLES = 200
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(TrainerInputError):
     """A task/model/recipe combination that cannot be trained; the message says why."""
 
 
@@ -238,7 +239,7 @@ def save_variant(root, *, task: TaskSpec, model_name: str, variant: str, model, 
         v.path("summary.txt").write_text(f"{summary}\n{metric_lines}\n")
         if recipe is not None:
             reports.write_json(v.path("recipe.json"), recipe)
-    return load_variant(v.dir.parent / variant)
+    return load_variant(variant_dir(root, task.name, variant))
 
 
 def _merge_history(phases: list[tuple[str, dict]]) -> dict:

@@ -16,13 +16,14 @@ Where the backbone comes from (`recipe.pretrained`):
 from __future__ import annotations
 
 from trainer.artifacts import find_variant
+from trainer.errors import TrainerInputError
 from trainer.models.applications import FAMILIES, backbone_layers, cached_imagenet_weights, \
     keras_models_cache
 from trainer.recipe import Recipe
 from trainer.tf_setup import keras
 
 
-class TransferError(ValueError):
+class TransferError(TrainerInputError):
     """A transfer request that cannot be honoured; the message names the fix."""
 
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from trainer.errors import TrainerInputError
+
 # Family modules that register models; imported on first use of the registry.
 FAMILY_MODULES = ("trainer.models.mlp", "trainer.models.cnn", "trainer.models.text",
                   "trainer.models.applications")
 INPUT_KINDS = ("image", "text", "vector")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(TrainerInputError):
     """A model name that is not registered; the message lists close matches and all names."""
 
 
