@@ -11,6 +11,7 @@ TF_FREE_MODULES = [
     "trainer.runtime",
     "trainer.models", "trainer.recipe", "trainer.plan", "trainer.cli",
     "compress", "serve", "benchmarks",
+    "compress.cli", "compress.recipe", "compress.techniques", "compress.pipeline", "compress.export",
     "benchmarks.runners", "benchmarks.measure",
     "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",
     "serve.triton_export", "serve.fixtures",
