@@ -141,7 +141,8 @@ def render_markdown(bench: dict) -> str:
         "",
         "Latency: batch-1 queries one after another (SingleStream). Throughput: back-to-back "
         "batches (Offline). × columns are ratios against the float Keras baseline of the same "
-        "model measured in this run (× p50 > 1: faster; × size < 1: smaller). Spread: "
+        "model measured in this run, from each measurement's best round (× p50 > 1: faster; "
+        "× size < 1: smaller). Spread: "
         "(max - min) / median of the rounds' p50; a large spread means a noisy machine.",
     ]
     for task, info in bench["tasks"].items():

@@ -7,7 +7,7 @@ import pytest
 from benchmarks import check as gate
 from benchmarks.cli import main
 from benchmarks.report import render_all, render_markdown
-from benchmarks.suite import BenchmarkError, quick_settings, run_suite
+from benchmarks.suite import BenchmarkError, add_ratios, quick_settings, run_suite
 from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
 
 
@@ -159,3 +159,21 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path): 
             assert f"| {variant} | {runtime} |" in md
     assert json.loads(paths["json"].read_text())["schema"] == "tinyship.bench/1"
     assert gate.check(bench, gate.make_baseline(bench)).ok  # an unchanged run passes
+
+
+def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
+    def row(variant, runtime, round_p50, round_ips, nbytes, acc):
+        return {"task": "t", "variant": variant, "runtime": runtime, "error": None,
+                "accuracy": acc, "size": {"bytes": nbytes},
+                "latency": {"p50_ms": sum(round_p50) / 3, "round_p50_ms": round_p50},
+                "throughput": {"32": {"items_per_s": 0, "round_items_per_s": round_ips}}}
+
+    rows = [row("m", "keras", [1.0, 4.0, 2.0], [100, 50, 80], 1000, 0.9),
+            row("m-int8", "onnx", [0.1, 0.3, 0.2], [1000, 400, 900], 250, 0.88)]
+    add_ratios(rows, {("t", "m"): "m", ("t", "m-int8"): "m"})
+    ratios = rows[1]["ratios"]
+    assert rows[1]["baseline"] == "m/keras"
+    assert ratios["speedup_p50"] == pytest.approx(1.0 / 0.1)
+    assert ratios["throughput_32"] == pytest.approx(1000 / 100)
+    assert ratios["size"] == 0.25 and ratios["accuracy_delta_pts"] == pytest.approx(-2.0)
+    assert rows[0]["ratios"]["speedup_p50"] == 1.0
