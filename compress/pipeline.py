@@ -285,15 +285,19 @@ def report_paths(root, task: str) -> tuple[Path, Path]:
 
 
 def update_report(root, task: str, model: str, rows: list[dict], data_source: str) -> dict:
-    """Merge this model's rows into the task's report (rows of other models measured on the
-    same data are kept, so selection can compare every compressed model of the task)."""
+    """Merge this model's rows into the task's report (rows of other models and earlier rows
+    measured on the same data are kept, so selection compares every compressed variant)."""
     json_path, _ = report_paths(root, task)
     report = {"task": task, "data_source": data_source, "models": {}}
     if json_path.is_file():
         previous = json.loads(json_path.read_text())
         if previous.get("data_source") == data_source:
             report["models"] = previous.get("models", {})
-    report["models"][model] = rows
+    # Rows of an earlier run of this model stay unless this run measured the same variant
+    # again (so a recipe with one extra step adds a row instead of dropping the others).
+    merged = {r["variant"]: r for r in report["models"].get(model, [])}
+    merged.update({r["variant"]: r for r in rows})
+    report["models"][model] = list(merged.values())
     return report
 
 

@@ -21,6 +21,13 @@ from compress import graph
 from compress.errors import UnsupportedLayerError
 
 TFLITE_MODES = ("dynamic", "int8", "float16")
+# Layers the 8-bit registry does not list but quantize_apply's layout transforms handle:
+# SeparableConv2D is split into depthwise + pointwise convs, and a BatchNormalization right
+# after one of these layers is folded into it. Value: required producer classes (None: any).
+HANDLED_BY_TRANSFORMS = {
+    "SeparableConv2D": None,
+    "BatchNormalization": ("Conv2D", "DepthwiseConv2D", "Dense"),
+}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -40,7 +47,7 @@ def quantization_plan(model, skip_layers=()) -> dict[str, str]:
             continue
         if graph.matches(layer, skip_layers):
             plan[layer.name] = "float (in skip_layers)"
-        elif registry.supports(layer):
+        elif registry.supports(layer) or _handled_by_transforms(layer):
             plan[layer.name] = "int8"
         elif layer.weights:
             raise UnsupportedLayerError(
@@ -50,6 +57,18 @@ def quantization_plan(model, skip_layers=()) -> dict[str, str]:
         else:
             plan[layer.name] = f"float ({cls} has no TFMOT quantize config; no weights)"
     return plan
+
+
+def _handled_by_transforms(layer) -> bool:
+    cls = type(layer).__name__
+    if cls not in HANDLED_BY_TRANSFORMS:
+        return False
+    producers = HANDLED_BY_TRANSFORMS[cls]
+    if producers is None:
+        return True
+    inbound = layer.inbound_nodes[0].inbound_layers if layer.inbound_nodes else []
+    inbound = inbound if isinstance(inbound, list) else [inbound]
+    return len(inbound) == 1 and type(inbound[0]).__name__ in producers
 
 
 def qat_model(model, skip_layers=()):

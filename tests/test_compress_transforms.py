@@ -183,3 +183,14 @@ def test_selection_obeys_the_accuracy_budget():
     assert chosen["variant"] == "int8" and chosen["speedup"] == pytest.approx(2.0)
     assert select(rows, budget_points=2.5)["variant"] == "tiny"
     assert select(rows, budget_points=0.0)["variant"] == "base"
+
+
+def test_batch_norm_after_a_conv_is_quantized_by_folding():
+    from compress import quantize
+
+    plan = quantize.quantization_plan(small_cnn())
+    assert plan["bn_a"] == "int8" and plan["conv_a"] == "int8"
+    inputs = keras.Input((4,))
+    lone_bn = keras.Model(inputs, L.Dense(2)(L.BatchNormalization(name="lone")(inputs)))
+    with pytest.raises(UnsupportedLayerError, match="'lone'"):
+        quantize.quantization_plan(lone_bn)
