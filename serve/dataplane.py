@@ -175,6 +175,12 @@ def classify_answer(model: ServedModel, probabilities: np.ndarray, k: int, singl
 
 
 # -- Open Inference Protocol (KServe V2) -------------------------------------------------
+class UnknownVersion(UnknownModel):
+    def __init__(self, name: str, version: str):
+        super().__init__(f"model {name!r} has no version {version!r}",
+                         expected=f"version {PROTOCOL_VERSION!r} (or no version in the path)")
+
+
 @dataclass(frozen=True)
 class V2Request:
     inputs: np.ndarray
@@ -275,20 +281,20 @@ def tfserving_decode(model: ServedModel, body: bytes) -> tuple[np.ndarray, str]:
         raise InvalidInput(f"unknown signature_name {signature!r}", expected="serving_default")
     name = model.input.name
     if "instances" in doc:
-        rows, key = doc["instances"], "predictions"
+        rows, field, key = doc["instances"], "instances", "predictions"
         if not isinstance(rows, list) or not rows:
             raise InvalidInput("instances must be a non-empty list",
                                expected="one model input per instance")
         if isinstance(rows[0], dict):
             rows = [_named(r, name) for r in rows]
     elif "inputs" in doc:
-        rows, key = doc["inputs"], "outputs"
+        rows, field, key = doc["inputs"], "inputs", "outputs"
         if isinstance(rows, dict):
             rows = _named(rows, name)
     else:
         raise InvalidInput(f"no instances or inputs in the request (keys: {', '.join(doc)})",
                            expected='{"instances": [...]} or {"inputs": ...}')
-    arr = _numeric_array(rows, key == "predictions" and "instances" or "inputs")
+    arr = _numeric_array(rows, field)
     if model.input.dtype.kind in "iu" and arr.dtype.kind == "f":
         raise InvalidInput("the inputs hold fractional numbers", expected="integer token ids")
     return model.check_tensor(arr.astype(model.input.dtype, copy=False)), key
@@ -308,9 +314,3 @@ def tfserving_status(model: ServedModel) -> dict:
               "error_message": model.error or ""}
     return {"model_version_status": [{"version": PROTOCOL_VERSION, "state": state,
                                       "status": status}]}
-
-
-class UnknownVersion(UnknownModel):
-    def __init__(self, name: str, version: str):
-        super().__init__(f"model {name!r} has no version {version!r}",
-                         expected=f"version {PROTOCOL_VERSION!r} (or no version in the path)")
