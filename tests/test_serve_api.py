@@ -432,3 +432,19 @@ def test_cors_preflight_and_headers(artifacts):
         assert r.status_code == 200 and "x-request-id" in r.headers["access-control-expose-headers"].lower()
     finally:
         c.__exit__(None, None, None)
+
+
+def test_uploaded_photos_follow_each_datasets_convention():
+    from serve.images import decode_image
+
+    # A dark square on a light, wide background (a product photo).
+    photo = png_bytes(size=(300, 200))
+    fashion = decode_image(photo, 28, "fashion_mnist")
+    sign = decode_image(photo, 28, "sign_mnist")
+    assert fashion.shape == sign.shape == (28, 28) and fashion.dtype == np.uint8
+    # Fashion-MNIST items are bright on black: the light background became dark.
+    assert fashion[0, 0] < 30 and fashion[14, 14] > 200
+    assert sign[0, 0] > 220 and sign[14, 14] < 60  # Sign-Language photos are kept as they are
+    assert decode_image(photo, 28, "fashion_mnist", invert="false")[0, 0] > 220
+    # Padded to a square with the border colour, not stretched: top rows are background.
+    assert (fashion[:3] < 30).all()
