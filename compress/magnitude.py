@@ -24,6 +24,9 @@ class PruneSettings:
     schedule: str = "polynomial"       # "polynomial": 0 -> sparsity over the fine-tune; "constant"
     m_by_n: tuple[int, int] | None = None  # e.g. (2, 4): sparsity is then exactly 1 - m/n
     skip_layers: tuple[str, ...] = ()
+    # Layers with fewer kernel weights than this stay dense: pruning a first conv of 288
+    # weights or a 128x10 classifier costs accuracy and saves almost no bytes.
+    min_layer_weights: int = 2048
 
 
 def _schedule(settings: PruneSettings, total_steps: int):
@@ -62,11 +65,20 @@ def prunable_layers(model, settings: PruneSettings) -> dict[str, str]:
                 f"tfmot.sparsity.keras.PrunableLayer")
         elif not PruneRegistry._weight_names(layer):
             plan[layer.name] = "no prunable weights"
+        elif _kernel_size(layer) < settings.min_layer_weights:
+            plan[layer.name] = (f"{_kernel_size(layer)} kernel weights < min_layer_weights="
+                                f"{settings.min_layer_weights}")
         elif settings.m_by_n and cls not in M_BY_N_LAYERS:
             plan[layer.name] = f"TFMOT has no {settings.m_by_n[0]}:{settings.m_by_n[1]} support for {cls}"
         else:
             plan[layer.name] = "prune"
     return plan
+
+
+def _kernel_size(layer) -> int:
+    from compress.profile import is_kernel
+
+    return sum(int(w.shape.num_elements()) for w in layer.weights if is_kernel(w))
 
 
 def wrap_for_pruning(model, settings: PruneSettings, total_steps: int):

@@ -78,7 +78,7 @@ def count_macs(model) -> dict:
     return {"macs": int(sum(per_layer.values())), "per_layer": per_layer, "uncounted": uncounted}
 
 
-def _is_kernel(weight) -> bool:
+def is_kernel(weight) -> bool:
     name = weight.name.split("/")[-1]
     return name.startswith(("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings"))
 
@@ -89,7 +89,7 @@ def weight_sparsity(model) -> dict:
     for layer in model.layers:
         layer_zeros, layer_total = 0, 0
         for weight in layer.weights:
-            if _is_kernel(weight):
+            if is_kernel(weight):
                 values = weight.numpy()
                 layer_zeros += int(np.count_nonzero(values == 0))
                 layer_total += values.size

@@ -141,6 +141,8 @@ class MagnitudePrune(Technique):
             isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(i) for i in v)
             and 0 < v[0] < v[1]), "null or [m, n] with 0 < m < n, e.g. [2, 4]"),
         "skip_layers": SKIP,
+        "min_layer_weights": Param(2048, lambda v: _is_int(v) and v >= 0,
+                                   "an integer >= 0 (smaller layers stay dense)"),
         **FINE_TUNE,
         "learning_rate": Param(5e-4, FINE_TUNE["learning_rate"].check, FINE_TUNE["learning_rate"].expected),
     }
@@ -157,7 +159,7 @@ class MagnitudePrune(Technique):
         sparsity = 1 - p["m_by_n"][0] / p["m_by_n"][1] if p["m_by_n"] else p["sparsity"]
         settings = magnitude.PruneSettings(sparsity, p["schedule"],
                                            tuple(p["m_by_n"]) if p["m_by_n"] else None,
-                                           tuple(p["skip_layers"]))
+                                           tuple(p["skip_layers"]), p["min_layer_weights"])
         fine_tune = self.fine_tune_settings(inputs, p)
         steps = max(1, fine_tune.epochs) * int(np.ceil(len(inputs.train_x) / fine_tune.batch_size))
         wrapped, plan = magnitude.wrap_for_pruning(source, settings, steps)

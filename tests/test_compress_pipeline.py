@@ -23,7 +23,8 @@ RECIPE = {
     "epochs": 1, "train_limit": 1000, "test_limit": 300, "parity_size": 300,
     "calibration_size": 64,
     "steps": [
-        {"id": "pruned", "technique": "prune", "params": {"sparsity": 0.6, "schedule": "constant"}},
+        {"id": "pruned", "technique": "prune", "params": {"sparsity": 0.6, "schedule": "constant",
+                                                            "min_layer_weights": 0}},
         {"technique": "prune", "params": {"m_by_n": [2, 4]}},
         {"id": "narrow", "technique": "channels", "params": {"ratio": 0.5, "round_to": 1}},
         {"technique": "separable", "params": {"skip_layers": ["conv_a"]}},
