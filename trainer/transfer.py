@@ -39,7 +39,7 @@ def unfreeze_top(model, n_layers: int) -> list[str]:
     layers = backbone_layers(model)
     freeze_backbone(model)
     opened = []
-    for layer in layers[len(layers) - n_layers:] if n_layers > 0 else []:
+    for layer in layers[max(0, len(layers) - n_layers):] if n_layers > 0 else []:
         if not isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = True
             if layer.weights:
