@@ -124,7 +124,9 @@ class RequestContextMiddleware:
         if model not in self.known_models:  # bounded label values, whatever clients send
             model = "-"
         self.metrics.observe_request(model, route_path, status, seconds)
-        if self.access_log or status >= 500:
+        # Server faults are always logged; 503 (loading, failed model, full queue) is a state
+        # that /metrics and the health probes report, and would flood the log under overload.
+        if self.access_log or (status >= 500 and status != 503):
             log.log(logging.ERROR if status >= 500 else logging.INFO, "request",
                     extra={"fields": {"method": scope["method"], "path": scope["path"],
                                       "status": status, "ms": round(seconds * 1e3, 3),
