@@ -125,33 +125,38 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
             data = await upload.read()
         return dataplane.image_inputs(model, data, invert)
 
-    @app.get("/v1/models", tags=["friendly"], summary="Every model: state, variant, labels")
+    @app.get("/v1/models", tags=["friendly"], summary="Every model: state, variant, labels",
+             responses=docs.MODELS_RESPONSES)
     async def list_models():
         return json_response({"models": [m.describe() for m in repo.models.values()]})
 
     # -- Open Inference Protocol (KServe V2) ----------------------------------------------
-    @app.get("/v2", tags=["v2"], summary="Server metadata")
+    @app.get("/v2", tags=["v2"], summary="Server metadata", responses=docs.SERVER_RESPONSES)
     async def v2_server():
         return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
                               "extensions": ["binary_tensor_data"]})
 
-    @app.get("/v2/health/live", tags=["v2"], summary="Liveness (the process answers)")
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness (the process answers)",
+             responses=docs.LIVE_RESPONSES)
     async def v2_live():
         return json_response({"live": True})
 
     @app.get("/v2/health/ready", tags=["v2"],
-             summary="Readiness: loading finished and at least one model warm")
+             summary="Readiness: loading finished and at least one model warm",
+             responses=docs.READY_RESPONSES)
     async def v2_ready():
         return json_response({"ready": repo.ready}, 200 if repo.ready else 503)
 
-    @app.get("/v2/models/{name}", tags=["v2"], summary="Model metadata (tensors)")
+    @app.get("/v2/models/{name}", tags=["v2"], summary="Model metadata (tensors)",
+             responses=docs.V2_METADATA_RESPONSES)
     @app.get("/v2/models/{name}/versions/{version}", tags=["v2"], include_in_schema=False)
     async def v2_metadata(name: str, version: str = dataplane.PROTOCOL_VERSION):
         model = _v2_model(name, version)
         model.require_ready()
         return json_response(dataplane.v2_model_metadata(model))
 
-    @app.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness")
+    @app.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness",
+             responses=docs.V2_READY_RESPONSES)
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], include_in_schema=False)
     async def v2_model_ready(name: str, version: str = dataplane.PROTOCOL_VERSION):
         model = _v2_model(name, version)
@@ -161,7 +166,7 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
         return json_response(body, 200 if model.ready else 503)
 
     @app.post("/v2/models/{name}/infer", tags=["v2"], summary="Inference (JSON or binary tensors)",
-              openapi_extra=docs.V2_INFER_BODY)
+              openapi_extra=docs.V2_INFER_BODY, responses=docs.V2_INFER_RESPONSES)
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], include_in_schema=False)
     async def v2_infer(request: Request, name: str, version: str = dataplane.PROTOCOL_VERSION):
         model = _v2_model(name, version)
@@ -186,12 +191,13 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
         return model
 
     # -- TensorFlow Serving REST ----------------------------------------------------------
-    @app.get("/v1/models/{name}", tags=["tfserving"], summary="Model status")
+    @app.get("/v1/models/{name}", tags=["tfserving"], summary="Model status",
+             responses=docs.TFS_STATUS_RESPONSES)
     async def tfs_status(name: str):
         return json_response(dataplane.tfserving_status(repo.get(name)))
 
     @app.post("/v1/models/{name}:predict", tags=["tfserving"], summary="Predict",
-              openapi_extra=docs.TFS_PREDICT_BODY)
+              openapi_extra=docs.TFS_PREDICT_BODY, responses=docs.TFS_PREDICT_RESPONSES)
     async def tfs_predict(request: Request, name: str):
         model = repo.get(name)
         model.require_ready()
@@ -200,7 +206,8 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
         return Response(orjson.dumps({key: raw.tolist()}), media_type=JSON)
 
     # -- operations -----------------------------------------------------------------------
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             responses=docs.METRICS_RESPONSES)
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 

@@ -112,3 +112,40 @@ TFS_PREDICT_BODY = {
         }}},
     },
 }
+
+
+def _example(value, description: str = "OK") -> dict:
+    return {200: {"description": description, "content": {"application/json": {"example": value}}}}
+
+
+V2_METADATA_RESPONSES = _example({
+    "name": "fashion_mnist", "versions": ["1"], "platform": "onnxruntime_onnx",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
+    "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 10]}]})
+V2_READY_RESPONSES = _example({"name": "fashion_mnist", "ready": True},
+                              "ready (503 with an error while loading or after a failed load)")
+V2_INFER_RESPONSES = _example({
+    "model_name": "fashion_mnist", "model_version": "1", "id": "req-7",
+    "outputs": [{"name": "probs", "datatype": "FP32", "shape": [1, 10],
+                 "data": [0.01, 0.0, 0.02, 0.01, 0.0, 0.03, 0.01, 0.05, 0.0, 0.87]}]},
+    "JSON; with binary outputs requested, an Inference-Header-Content-Length JSON header "
+    "followed by the raw tensor bytes")
+TFS_STATUS_RESPONSES = _example({"model_version_status": [
+    {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+TFS_PREDICT_RESPONSES = _example({"predictions": [[0.01, 0.0, 0.02, 0.01, 0.0, 0.03, 0.01, 0.05,
+                                                   0.0, 0.87]]},
+                                 "`predictions` for `instances`, `outputs` for `inputs`")
+MODELS_RESPONSES = _example({"models": [{
+    "name": "fashion_mnist", "state": "ready", "variant": "fashion_cnn-qat-int8",
+    "model": "fashion_cnn", "provider": "CPUExecutionProvider", "labels": ["T-shirt/top", "..."],
+    "test_accuracy": 0.91, "lineage": {"parent": "fashion_cnn", "technique": "qat",
+                                       "params": {}}}]})
+SERVER_RESPONSES = _example({"name": "tinyship", "version": "0.1.0",
+                             "extensions": ["binary_tensor_data"]})
+LIVE_RESPONSES = _example({"live": True})
+READY_RESPONSES = _example({"ready": True}, "ready; 503 with {\"ready\": false} while loading "
+                           "or when no model could be loaded")
+METRICS_RESPONSES = {200: {"description": "Prometheus text format", "content": {"text/plain": {
+    "example": 'tinyship_requests_total{model="imdb",route="/v1/classify/{task}",status="200"} '
+               '42.0\ntinyship_batch_size_bucket{le="8",model="imdb"} 40.0\n'
+               'tinyship_model_state{model="imdb",state="ready"} 1.0'}}}}
