@@ -168,3 +168,19 @@ def export_float(model, directory: str | Path, parity_inputs: np.ndarray,
         info["parity"].append(check_parity(reference, run_tflite(blob, parity_inputs),
                                            "litert").as_dict())
     return info
+
+
+def export_saved_model(model, directory: str | Path, parity_inputs: np.ndarray) -> dict:
+    """Write `saved_model/` (TF SavedModel with a `serving_default` signature) into
+    `directory`, reload it and parity-check it like the other float exports."""
+    from trainer.tf_setup import tf
+
+    path = Path(directory) / "saved_model"
+    reference = model(parity_inputs, training=False).numpy()
+    model.save(str(path), save_format="tf", include_optimizer=False)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    input_name = next(iter(serve.structured_input_signature[1]))
+    outputs = serve(**{input_name: tf.constant(parity_inputs)})
+    candidate = next(iter(outputs.values())).numpy()
+    return {"path": "saved_model", "signature": "serving_default", "input": input_name,
+            "parity": check_parity(reference, candidate, "savedmodel").as_dict()}

@@ -176,6 +176,12 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
 
             info = export_float(outcome.keras_model, out_dir, run.parity_x)
             parity, v.manifest["extra"]["onnx"] = info["parity"], info["onnx"]
+            if run.recipe.export_saved_model:
+                from compress.export import export_saved_model
+
+                saved = export_saved_model(outcome.keras_model, out_dir, run.parity_x)
+                parity.append(saved.pop("parity"))
+                v.manifest["extra"]["saved_model"] = saved
         if outcome.quantized_files:
             parity = _check_quantized(run, outcome, out_dir)
         if outcome.keras_model is not None and outcome.save_keras:

@@ -49,6 +49,8 @@ class Recipe:
     parity_size: int = 1000
     # Evaluate accuracy on at most this many test examples (null: the full test split).
     test_limit: int | None = None
+    # Also write saved_model/ (TF SavedModel, parity-checked) for float Keras variants.
+    export_saved_model: bool = False
     source_file: str | None = field(default=None, compare=False)
 
 
@@ -90,6 +92,8 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
         if key in settings and not (isinstance(settings[key], int) and settings[key] >= (0 if key == "epochs" else 1)):
             raise InvalidParameterError(f"{source}: {key} must be an integer >= "
                                         f"{0 if key == 'epochs' else 1}, got {settings[key]!r}")
+    if not isinstance(settings.get("export_saved_model", False), bool):
+        raise InvalidParameterError(f"{source}: export_saved_model must be true or false")
     budget = settings.get("accuracy_budget_points", 1.0)
     if not isinstance(budget, (int, float)) or budget < 0:
         raise InvalidParameterError(f"{source}: accuracy_budget_points must be >= 0, got {budget!r}")

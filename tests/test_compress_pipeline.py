@@ -21,7 +21,7 @@ L = keras.layers
 TASK, MODEL = "fashion_mnist", "tiny_cnn"
 RECIPE = {
     "epochs": 1, "train_limit": 1000, "test_limit": 300, "parity_size": 300,
-    "calibration_size": 64,
+    "calibration_size": 64, "export_saved_model": True,
     "steps": [
         {"id": "pruned", "technique": "prune", "params": {"sparsity": 0.6, "schedule": "constant",
                                                             "min_layer_weights": 0}},
@@ -80,7 +80,8 @@ def rows(root):
 EXPECTED = {  # variant -> (parent, technique, files it must carry)
     "tiny_cnn-prune-s0.6-const": ("tiny_cnn", "prune", {"model.keras", "model.onnx", "model.tflite"}),
     "tiny_cnn-prune-2of4": ("tiny_cnn", "prune", {"model.keras", "model.onnx"}),
-    "tiny_cnn-channels-0.5": ("tiny_cnn", "channels", {"model.keras", "model.onnx"}),
+    "tiny_cnn-channels-0.5": ("tiny_cnn", "channels", {"model.keras", "model.onnx",
+                                                       "saved_model/saved_model.pb"}),
     "tiny_cnn-separable": ("tiny_cnn", "separable", {"model.keras", "model.onnx"}),
     "tiny_cnn-lowrank-k4": ("tiny_cnn", "lowrank", {"model.keras", "model.onnx"}),
     "tiny_cnn-qat-int8": ("tiny_cnn", "qat", {"model.onnx", "model.tflite"}),
