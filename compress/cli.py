@@ -70,6 +70,8 @@ def _cmd_select(args) -> int:
     if not json_path.is_file():
         raise CompressError(f"{json_path} not found: run `python -m compress run` for {args.task} first")
     report = json.loads(json_path.read_text())
+    if args.remeasure:
+        pipeline.remeasure_latency(args.artifacts, args.task, report, args.data_dir)
     pipeline.finish_task(args.artifacts, args.task, report, args.budget)
     return 0
 
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True)
     s.add_argument("--artifacts", default=str(DEFAULT_ROOT))
     s.add_argument("--budget", type=float, default=1.0, help="accuracy budget in points (default 1.0)")
+    s.add_argument("--remeasure", action="store_true",
+                   help="measure every variant's latency again first (when the machine is quiet)")
+    s.add_argument("--data-dir", help="dataset folder the latency examples come from")
     s.set_defaults(func=_cmd_select)
 
     s = sub.add_parser("techniques", help="list techniques and their parameters")
