@@ -99,11 +99,8 @@ def apply_separable(model, plan: dict):
 
 # ------------------------------------------------------------------ low rank
 
-def _dense_matrix(layer):
-    return layer.get_weights()[0]
-
-
-def _embedding_matrix(layer):
+def _first_weight(layer) -> np.ndarray:
+    """The matrix to factorize: a Dense kernel (in, out) or an Embedding table (V, d)."""
     return layer.get_weights()[0]
 
 
@@ -131,8 +128,8 @@ def _embedding_pair(layer, rank: int, left: np.ndarray, right: np.ndarray):
 
 # class -> (the matrix to factorize, builder of the replacing pair)
 LOW_RANK = {
-    "Dense": (_dense_matrix, _dense_pair),
-    "Embedding": (_embedding_matrix, _embedding_pair),
+    "Dense": (_first_weight, _dense_pair),
+    "Embedding": (_first_weight, _embedding_pair),
 }
 
 
