@@ -49,7 +49,7 @@ def _cmd_run_all(args) -> int:
     done = 0
     for task in SERVED_TASKS:
         trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
-                   if v.lineage["parent"] is None]
+                   if v.lineage["parent"] is None and v.lineage["technique"] == "train"]
         if not trained:
             print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
             continue
