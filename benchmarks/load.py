@@ -319,12 +319,14 @@ async def _run_level(host, port, requests, proto, concurrency: int, settings: Lo
                                                 stop, settings.timeout_s, None)
                                for c in range(concurrency)))
     stats = _LevelStats([], error_kinds={})
+    cpu_start = time.process_time()
     start = time.perf_counter()
     stop = start + settings.duration_s
     await asyncio.gather(*(_connection_loop(host, port, requests, proto, c * n // concurrency,
                                             stop, settings.timeout_s, stats)
                            for c in range(concurrency)))
     elapsed = time.perf_counter() - start
+    client_cpu_s = time.process_time() - cpu_start
     lat_ms = np.asarray(stats.latencies_ns, dtype=np.float64) / 1e6
     # Requests sent = those answered (timed) + those lost to transport errors and timeouts.
     done = int(lat_ms.size) + stats.transport_errors
@@ -333,7 +335,10 @@ async def _run_level(host, port, requests, proto, concurrency: int, settings: Lo
             "requests_per_s": lat_ms.size / elapsed, "p50_ms": pct(50), "p90_ms": pct(90),
             "p99_ms": pct(99), "mean_ms": float(lat_ms.mean()) if lat_ms.size else None,
             "errors": stats.errors, "wrong_answers": stats.wrong,
-            "error_kinds": dict(stats.error_kinds)}
+            "error_kinds": dict(stats.error_kinds),
+            # The load generator's own CPU per request: if 1e6 / this is near requests_per_s,
+            # the client, not the server, was the limit.
+            "client_cpu_us_per_request": 1e6 * client_cpu_s / max(done, 1)}
 
 
 def run_load(settings: LoadSettings, progress=print) -> dict:

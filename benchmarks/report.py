@@ -282,10 +282,11 @@ def latency_table(record: dict) -> tuple[list[str], list[list[str]]]:
 def load_table(record: dict) -> tuple[list[str], list[list[str]]]:
     """Rows of the `load` record (benchmarks.load)."""
     head = ["task", "endpoint", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors",
-            "wrong answers"]
+            "wrong answers", "client CPU us/req"]
     rows = [[record["task"], record["endpoint"], lvl["concurrency"], lvl["requests"],
              f"{lvl['requests_per_s']:,.0f}", _ms(lvl["p50_ms"]), _ms(lvl["p99_ms"]),
-             lvl["errors"], lvl["wrong_answers"]] for lvl in record["levels"]]
+             lvl["errors"], lvl["wrong_answers"],
+             _num(lvl.get("client_cpu_us_per_request"), ".0f")] for lvl in record["levels"]]
     return head, rows
 
 
