@@ -40,6 +40,13 @@ def test_fine_tuning_opens_the_top_layers_but_keeps_batch_norm_frozen(model):
     assert not any(layer.trainable for layer in lower)
 
 
+def test_asking_for_more_layers_than_the_backbone_has_opens_all_of_them(model):
+    opened = unfreeze_top(model, 10_000)
+    expected = {layer.name for layer in backbone_layers(model)
+                if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)}
+    assert set(opened) == expected and len(expected) > 50
+
+
 def test_adapter_is_frozen_and_maps_pixels_to_the_backbone_range(model):
     adapter = model.get_layer("adapter_rgb")
     assert not adapter.trainable
