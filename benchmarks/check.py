@@ -2,11 +2,18 @@
 
 A row (task/variant/runtime) fails when
   - its accuracy dropped by more than its budget (`accuracy_budget_pts`, percentage points), or
-  - a speed ratio against the float Keras baseline of the same run (`speedup_p50`,
-    `throughput_<batch>`) fell by more than `speed_tolerance` (25%) of the baseline's ratio, or
+  - its batch-1 speed ratio against the float Keras baseline of the same run (`speedup_best`:
+    the baseline's fastest query time / the row's fastest query time) fell by more than
+    `speed_tolerance` (25%) of the baseline's ratio, or
   - it is in the baseline but missing from the run, or failed to run.
 Ratios, not absolute times, are compared: CI machines differ and are noisy, but a variant that
 was 3x faster than its Keras parent should stay about 3x faster on any machine.
+
+Why only this ratio: two back-to-back `run --quick` on the shared 2-core machine (load average
+about 12) changed the fastest-query ratio by at most 34% (mostly < 10%), the best-round p50
+ratio by up to 58% and the throughput ratios by 90% to 580%: other processes only ever add
+time, and the fastest call is the one they disturbed least. Throughput and p50 ratios stay in
+the report; gating on them would fail CI on noise.
 
 Rows new in the run are listed and not gated. Updating the baseline is one command, after a
 run on the same data as CI (the bundled samples):
@@ -22,7 +29,7 @@ from pathlib import Path
 
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
-SPEED_KEYS_PREFIX = ("speedup_p50", "throughput_")
+SPEED_KEYS = ("speedup_best",)
 
 
 class BaselineError(ValueError):
@@ -51,7 +58,7 @@ def _data_signature(task_info: dict) -> dict:
 
 def _speed_ratios(row: dict) -> dict:
     ratios = row.get("ratios") or {}
-    return {k: v for k, v in ratios.items() if k.startswith(SPEED_KEYS_PREFIX)}
+    return {k: v for k, v in ratios.items() if k in SPEED_KEYS}
 
 
 def make_baseline(bench: dict, accuracy_budget_pts: float = 1.0) -> dict:
@@ -138,7 +145,7 @@ def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
                             f"{expected['accuracy_budget_pts']} pts)")
         current = _speed_ratios(row)
         for name, base_value in expected.items():
-            if not name.startswith(SPEED_KEYS_PREFIX):
+            if name not in SPEED_KEYS:
                 continue
             value = current.get(name)
             if value is None:

@@ -37,13 +37,13 @@ FIXED_BENCH = {
                                 "n_test": 1000}},
     "results": [
         _row("mlp", "keras", 0.85, 0.200, 100_000, 400_000,
-             ratios={"speedup_p50": 1.0, "throughput_32": 1.0, "size": 1.0,
+             ratios={"speedup_p50": 1.0, "speedup_best": 1.0, "throughput_32": 1.0, "size": 1.0,
                      "accuracy_delta_pts": 0.0}),
         _row("mlp", "onnx", 0.85, 0.010, 2_000_000, 300_000,
-             ratios={"speedup_p50": 20.0, "throughput_32": 20.0, "size": 0.75,
+             ratios={"speedup_p50": 20.0, "speedup_best": 20.0, "throughput_32": 20.0, "size": 0.75,
                      "accuracy_delta_pts": 0.0}),
         _row("mlp-int8", "onnx", 0.84, 0.005, 4_000_000, 100_000, parent="mlp",
-             ratios={"speedup_p50": 40.0, "throughput_32": 40.0, "size": 0.25,
+             ratios={"speedup_p50": 40.0, "speedup_best": 40.0, "throughput_32": 40.0, "size": 0.25,
                      "accuracy_delta_pts": -1.0}),
     ],
     "duration_s": 1.0,
@@ -77,17 +77,18 @@ def test_report_command_rerenders_a_saved_record(tmp_path, capsys):
 
 def test_check_passes_unchanged_and_fails_doctored_regressions():
     baseline = gate.make_baseline(FIXED_BENCH, accuracy_budget_pts=0.5)
-    assert "speedup_p50" not in baseline["rows"]["fashion_mnist/mlp/keras"]  # 1 by definition
+    assert "speedup_best" not in baseline["rows"]["fashion_mnist/mlp/keras"]  # 1 by definition
+    assert baseline["rows"]["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 40.0
     assert gate.check(FIXED_BENCH, baseline).ok
 
     slower = copy.deepcopy(FIXED_BENCH)
-    slower["results"][2]["ratios"]["speedup_p50"] = 40.0 * 0.70  # -30%: beyond the 25% allowed
+    slower["results"][2]["ratios"]["speedup_best"] = 40.0 * 0.70  # -30%: beyond the 25% allowed
     result = gate.check(slower, baseline)
     assert not result.ok
-    assert "fashion_mnist/mlp-int8/onnx: speedup_p50 28.00x vs baseline 40.00x" in result.render()
+    assert "fashion_mnist/mlp-int8/onnx: speedup_best 28.00x vs baseline 40.00x" in result.render()
 
     noisy = copy.deepcopy(FIXED_BENCH)
-    noisy["results"][2]["ratios"]["speedup_p50"] = 40.0 * 0.80  # -20%: within budget
+    noisy["results"][2]["ratios"]["speedup_best"] = 40.0 * 0.80  # -20%: within budget
     assert gate.check(noisy, baseline).ok
 
     worse = copy.deepcopy(FIXED_BENCH)
@@ -119,10 +120,10 @@ def test_check_command_update_then_check(tmp_path, capsys):
     assert main(["check", "--bench", str(bench), "--baseline", str(baseline), "--update"]) == 0
     assert main(["check", "--bench", str(bench), "--baseline", str(baseline)]) == 0
     doctored = copy.deepcopy(FIXED_BENCH)
-    doctored["results"][1]["ratios"]["throughput_32"] = 1.0
+    doctored["results"][1]["ratios"]["speedup_best"] = 1.0
     bench.write_text(json.dumps(doctored))
     assert main(["check", "--bench", str(bench), "--baseline", str(baseline)]) == 1
-    assert "FAIL fashion_mnist/mlp/onnx: throughput_32" in capsys.readouterr().out
+    assert "FAIL fashion_mnist/mlp/onnx: speedup_best 1.00x vs baseline 20.00x" in capsys.readouterr().out
 
 
 def test_empty_artifact_root_is_a_clear_error(tmp_path, capsys):
@@ -165,7 +166,8 @@ def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
     def row(variant, runtime, round_p50, round_ips, nbytes, acc):
         return {"task": "t", "variant": variant, "runtime": runtime, "error": None,
                 "accuracy": acc, "size": {"bytes": nbytes},
-                "latency": {"p50_ms": sum(round_p50) / 3, "round_p50_ms": round_p50},
+                "latency": {"p50_ms": sum(round_p50) / 3, "round_p50_ms": round_p50,
+                            "min_ms": min(round_p50) / 2},
                 "throughput": {"32": {"items_per_s": 0, "round_items_per_s": round_ips}}}
 
     rows = [row("m", "keras", [1.0, 4.0, 2.0], [100, 50, 80], 1000, 0.9),
@@ -174,6 +176,7 @@ def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
     ratios = rows[1]["ratios"]
     assert rows[1]["baseline"] == "m/keras"
     assert ratios["speedup_p50"] == pytest.approx(1.0 / 0.1)
+    assert ratios["speedup_best"] == pytest.approx(0.5 / 0.05)
     assert ratios["throughput_32"] == pytest.approx(1000 / 100)
     assert ratios["size"] == 0.25 and ratios["accuracy_delta_pts"] == pytest.approx(-2.0)
     assert rows[0]["ratios"]["speedup_p50"] == 1.0
