@@ -232,8 +232,8 @@ def add_ratios(rows: list[dict], roots: dict[tuple[str, str], str]) -> None:
 
     Speed ratios compare the best round of each measurement (lowest round p50, highest round
     items/s): on a shared machine other processes only ever slow a round down, so the best round
-    is the least disturbed one, and ratios of best rounds vary far less between runs than ratios
-    of pooled numbers (which is what lets CI gate on them)."""
+    is the least disturbed one, and ratios of best rounds vary less between runs than ratios
+    of pooled numbers. CI gates on speedup_best only (benchmarks/check.py says why)."""
     measured = {(r["task"], r["variant"], r["runtime"]): r for r in rows if not r["error"]}
     for row in rows:
         root = roots.get((row["task"], row["variant"]), row["variant"])
