@@ -12,7 +12,9 @@ TF_FREE_MODULES = [
     "trainer.models", "trainer.recipe", "trainer.plan", "trainer.cli",
     "compress", "serve", "benchmarks",
     "compress.cli", "compress.recipe", "compress.techniques", "compress.pipeline", "compress.export",
-    "benchmarks.runners", "benchmarks.measure",
+    "benchmarks.runners", "benchmarks.measure", "benchmarks.latency", "benchmarks.load",
+    "benchmarks.check", "benchmarks.cli", "benchmarks.report", "benchmarks.suite",
+    "benchmarks.environment", "benchmarks.modelstats",
     "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",
     "serve.triton_export", "serve.fixtures",
 ]
