@@ -38,8 +38,11 @@ def parse_json(body: bytes) -> dict:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidJSON(f"the request body is not valid JSON ({e})",
-                          expected="a JSON object") from None
+        hint = ""
+        if any(word in body for word in (b"NaN", b"Infinity", b"e999")):
+            hint = "; NaN and infinity are not JSON numbers and no model input may hold them"
+        raise InvalidJSON(f"the request body is not valid JSON ({e}){hint}",
+                          expected="a JSON object with finite numbers") from None
     if not isinstance(doc, dict):
         raise InvalidJSON(f"the request body is a JSON {type(doc).__name__}",
                           expected="a JSON object")
