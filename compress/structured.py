@@ -2,7 +2,7 @@
 model. Unlike magnitude pruning this shrinks dense kernels, so it lowers latency.
 
 Importance of an output channel is the L1 norm of its kernel slice (Li et al., "Pruning
-Filters for Efficient ConvNets", 2017). Removing output channel c of a producer (Conv2D,
+Filters for Efficient ConvNets", 2017). Removing output channel c of a producer (Conv1D, Conv2D,
 SeparableConv2D, Dense) also removes channel c from every layer the tensor flows through
 unchanged per channel (BatchNormalization, DepthwiseConv2D, activations, pooling, padding,
 dropout) and input row c of the layers that consume it (Conv2D/SeparableConv2D/Dense, also
@@ -48,6 +48,10 @@ PRODUCERS: dict[str, ChannelRule] = {
         "filters", lambda w: _l1_last_axis(w[0]),
         lambda w, i: [w[0][..., i]] + _bias(w, i),
         lambda w, i: [w[0][:, :, i, :]] + w[1:]),
+    "Conv1D": ChannelRule(
+        "filters", lambda w: _l1_last_axis(w[0]),
+        lambda w, i: [w[0][..., i]] + _bias(w, i),
+        lambda w, i: [w[0][:, i, :]] + w[1:]),
     "SeparableConv2D": ChannelRule(
         "filters", lambda w: _l1_last_axis(w[1]),
         lambda w, i: [w[0], w[1][..., i]] + ([w[2][i]] if len(w) > 2 else []),
@@ -78,7 +82,7 @@ class ChannelGroup:
 def _layer_ok(layer) -> str | None:
     """Why a layer cannot take part in channel pruning, or None."""
     cls = type(layer).__name__
-    if cls in ("Conv2D", "SeparableConv2D") and getattr(layer, "groups", 1) != 1:
+    if cls in ("Conv1D", "Conv2D", "SeparableConv2D") and getattr(layer, "groups", 1) != 1:
         return f"{layer.name!r} is a grouped convolution"
     if cls in ("DepthwiseConv2D", "SeparableConv2D") and layer.depth_multiplier != 1:
         return f"{layer.name!r} has depth_multiplier {layer.depth_multiplier}"
@@ -86,7 +90,8 @@ def _layer_ok(layer) -> str | None:
         axis = list(np.atleast_1d(layer.axis))
         if axis not in ([len(layer.input_shape) - 1], [-1]):
             return f"{layer.name!r} normalizes axis {layer.axis}, not the channel axis"
-    if cls in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D") and layer.data_format != "channels_last":
+    if cls in ("Conv1D", "Conv2D", "SeparableConv2D", "DepthwiseConv2D") and \
+            layer.data_format != "channels_last":
         return f"{layer.name!r} is channels_first"
     return None
 
