@@ -36,6 +36,9 @@ def test_variant_has_every_promised_file_and_manifest_field(trained):
     assert "bundled sample" in m["metrics"]["data_source"]
     assert all(report["ok"] for report in m["extra"]["export"]["parity"])
     assert json.loads(v.file("recipe.json").read_text()) == m["lineage"]["params"]
+    history = json.loads(v.file("history.json").read_text())
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"}
+    assert history["lr"] == [pytest.approx(1e-3)]
 
 
 def test_onnx_file_reproduces_the_keras_accuracy(trained):

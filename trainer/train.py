@@ -155,6 +155,18 @@ def training_callbacks(recipe: Recipe) -> list:
     return callbacks
 
 
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the learning rate in force at each epoch's end to the logs (and so to history)."""
+
+    def __init__(self, read_rate):
+        super().__init__()
+        self.read_rate = read_rate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self.read_rate(self.model.optimizer)
+
+
 def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
         learning_rate=None, strategy=None, extra_callbacks=(), verbose: int | None = None) -> dict:
     """One training phase: compile with the recipe's optimizer and schedule, fit, return the
@@ -176,8 +188,7 @@ def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
     y_train = data.y_train.astype("float32") if is_binary(model) else data.y_train
     y_val = data.y_val.astype("float32") if is_binary(model) else data.y_val
     train_ds = _batches(data.x_train, y_train, recipe, augmenter, repeat=bool(recipe.steps_per_epoch))
-    lr_log = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: logs.__setitem__("lr", current_learning_rate(optimizer)))
+    lr_log = LearningRateLogger(current_learning_rate)
     history = model.fit(
         train_ds, epochs=epochs, steps_per_epoch=recipe.steps_per_epoch or None,
         validation_data=(data.x_val, y_val) if len(data.x_val) else None,
