@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -37,15 +36,14 @@ from serve.errors import Overloaded, ServeError
 IDLE_TURNS_BEFORE_RUN = 2
 
 
-@dataclass
-class _Request:
+class _Request(NamedTuple):
     rows: np.ndarray
     future: asyncio.Future
     enqueued: float
 
 
-@dataclass(frozen=True)
-class BatchResult:
+# NamedTuples, not dataclasses: created per request, and a frozen dataclass costs ~1 us more.
+class BatchResult(NamedTuple):
     outputs: np.ndarray    # this request's rows of the batch output
     queue_seconds: float   # time between enqueue and the start of its batch
     batch_rows: int        # rows in the batch this request ran in
