@@ -74,7 +74,9 @@ def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tupl
     """A parsed /v1/classify body -> (model inputs, whether it was a single example)."""
     kind = model.kind
     if kind == "text":
-        return _text_inputs(model, doc)
+        ids, single = _text_inputs(model, doc)
+        # The tokenizer gives int32; an exported model may declare int64 ids.
+        return ids.astype(model.input.dtype, copy=False), single
     if kind != "image":
         raise InvalidInput(f"task {model.name!r} takes {kind} inputs, which the friendly API "
                            "does not serve", expected=f"POST /v2/models/{model.name}/infer")
