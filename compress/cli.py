@@ -24,12 +24,12 @@ def _recipe(args):
     return recipe
 
 
-def _compress(root, task, models, recipe, data_dir) -> dict:
+def _compress(root, task, models, recipe, data_dir, start_from=None) -> dict:
     from compress import pipeline
 
     report = None
     for model in models:
-        rows = pipeline.run_model(root, task, model, recipe, data_dir)
+        rows = pipeline.run_model(root, task, model, recipe, data_dir, start_from=start_from)
         source = rows[0]["data_source"]
         report = pipeline.update_report(root, task, model, rows, source) if report is None else \
             {**report, "models": {**report["models"], model: rows}}
@@ -37,7 +37,8 @@ def _compress(root, task, models, recipe, data_dir) -> dict:
 
 
 def _cmd_run(args) -> int:
-    _compress(args.artifacts, args.task, [args.model], _recipe(args), args.data_dir)
+    _compress(args.artifacts, args.task, [args.model], _recipe(args), args.data_dir,
+              args.start_from)
     return 0
 
 
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="compress one trained model and select the variant to serve")
     s.add_argument("--task", required=True)
     s.add_argument("--model", required=True, help="the trained variant (named after the model)")
+    s.add_argument("--start-from", help="an existing variant of the model that steps without "
+                                        "'from' start from (default: the trained model)")
     common(s)
     s.set_defaults(func=_cmd_run)
 

@@ -220,14 +220,24 @@ def _check_quantized(run: Run, outcome, out_dir: Path) -> list[dict]:
     return reports
 
 
-def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=print) -> list[dict]:
-    """Apply `recipe` to the trained variant `<task>/<model>`; returns the report rows."""
+def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=print,
+              start_from: str | None = None) -> list[dict]:
+    """Apply `recipe` to the trained variant `<task>/<model>` (or, for the steps without
+    `from`, to the existing variant `start_from` of that model); returns the report rows."""
     base = artifacts.find_variant(root, task, model)
     run = Run(Path(root), base, recipe, load_task_data(base, recipe, data_dir))
     log(f"[{task}/{model}] data: {run.data.source} ({len(run.data.train_y)} train, "
         f"{len(run.data.test_y)} test); {len(recipe.steps)} step(s)")
     base_row = measure_base(run)
     rows, produced = [base_row], {None: (run.base, base_row)}
+    if start_from is not None:
+        start = artifacts.find_variant(root, task, start_from)
+        if start.model != model or start.metrics.get("data_source") != run.data.source:
+            raise CompressError(
+                f"--start-from {start_from!r} must be a variant of {model!r} measured on "
+                f"{run.data.source} (it is a variant of {start.model!r} measured on "
+                f"{start.metrics.get('data_source')})")
+        produced[None] = (start, {**_row(start), "data_source": run.data.source})
     for step in recipe.steps:
         if step.source not in produced:
             rows.append({"variant": step.id, "model": model, "technique": step.technique,
