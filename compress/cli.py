@@ -68,9 +68,8 @@ def _cmd_select(args) -> int:
     from compress import pipeline
 
     json_path, _ = pipeline.report_paths(args.artifacts, args.task)
-    if not json_path.is_file():
-        raise CompressError(f"{json_path} not found: run `python -m compress run` for {args.task} first")
-    report = json.loads(json_path.read_text())
+    saved = json.loads(json_path.read_text()) if json_path.is_file() else None
+    report = pipeline.rows_from_manifests(args.artifacts, args.task, saved)
     if args.remeasure:
         pipeline.remeasure_latency(args.artifacts, args.task, report, args.data_dir)
     pipeline.finish_task(args.artifacts, args.task, report, args.budget)
@@ -110,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=_cmd_run_all)
 
-    s = sub.add_parser("select", help="select again from a task's saved report")
+    s = sub.add_parser("select", help="select again from the task's variants (report rebuilt "
+                                      "from their manifests)")
     s.add_argument("--task", required=True)
     s.add_argument("--artifacts", default=str(DEFAULT_ROOT))
     s.add_argument("--budget", type=float, default=1.0, help="accuracy budget in points (default 1.0)")

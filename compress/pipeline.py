@@ -364,6 +364,27 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def rows_from_manifests(root, task: str, report: dict | None = None) -> dict:
+    """The report rebuilt from the variants' manifests (the source of truth), e.g. after an
+    interrupted run: every variant of the task measured by compress on the report's data
+    (or, without a report, on the data of the first trained model found) becomes a row;
+    failed and skipped rows of `report` are kept."""
+    variants = [v for v in artifacts.list_variants(root, task) if "latency_p50_ms" in v.metrics]
+    if report is None:
+        trained = [v for v in variants if v.lineage["technique"] == "train"]
+        if not trained:
+            raise CompressError(f"no measured trained variant of {task!r} under {root}: "
+                                "run `python -m compress run` first")
+        report = {"task": task, "data_source": trained[0].metrics.get("data_source"), "models": {}}
+    for variant in variants:
+        if variant.metrics.get("data_source") != report["data_source"]:
+            continue
+        rows = {r["variant"]: r for r in report["models"].get(variant.model, [])}
+        rows[variant.name] = {**_row(variant), "data_source": report["data_source"]}
+        report["models"][variant.model] = list(rows.values())
+    return report
+
+
 def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -> dict:
     """Measure the latency of every variant in the report again (e.g. once the machine is
     quiet: a report built while other jobs ran has noisy latencies) and update the rows
