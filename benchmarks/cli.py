@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="full datasets (default: DATA_DIR, else the bundled samples)")
     run.add_argument("--threads", type=int, default=1, help="intra-op threads per runtime (1)")
     run.add_argument("--budget-s", dest="budget_s", type=float, default=None,
-                     help="seconds per measurement round (default 0.3; --quick 0.08)")
+                     help="seconds per measurement round (default 0.15; --quick 0.08)")
     run.add_argument("--rounds", type=int, default=None, help="rounds per measurement (3)")
     run.add_argument("--batch-sizes", dest="batch_sizes", type=_csv(int), default=None,
                      help="Offline batch sizes (32,256)")

@@ -50,7 +50,7 @@ class Settings:
     """What `run` measures and for how long. Defaults suit `make bench` on 2 cores."""
 
     threads: int = 1                      # intra-op threads of every runtime (set explicitly)
-    budget_s: float = 0.3                 # seconds per measurement round
+    budget_s: float = 0.15                # seconds per measurement round (~160 rows: ~6 min)
     rounds: int = 3                       # rounds per measurement; spread is between rounds
     batch_sizes: tuple[int, ...] = (32, 256)   # Offline throughput batch sizes
     latency_inputs: int = 64              # distinct test inputs the batch-1 queries cycle through
