@@ -30,6 +30,9 @@ from pathlib import Path
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
 SPEED_KEYS = ("speedup_best",)
+# Allowed accuracy drop per row, in points. The bundled test sets have 500-1000 examples (one
+# point = 5-10 images) and fine-tuning need not be bit-for-bit reproducible across machines.
+DEFAULT_ACCURACY_BUDGET_PTS = 2.0
 
 
 class BaselineError(ValueError):
@@ -61,7 +64,7 @@ def _speed_ratios(row: dict) -> dict:
     return {k: v for k, v in ratios.items() if k in SPEED_KEYS}
 
 
-def make_baseline(bench: dict, accuracy_budget_pts: float = 1.0) -> dict:
+def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS) -> dict:
     rows = {}
     for row in bench["results"]:
         if row.get("error"):
@@ -81,7 +84,8 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = 1.0) -> dict:
     }
 
 
-def update_baseline(bench: dict, path: str | Path, accuracy_budget_pts: float = 1.0) -> Path:
+def update_baseline(bench: dict, path: str | Path,
+                    accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(make_baseline(bench, accuracy_budget_pts), indent=2) + "\n")
