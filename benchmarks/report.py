@@ -207,10 +207,14 @@ def write_plots(bench: dict, out_dir: Path) -> list[Path]:
         front = _front_rows(rows)
         ax.plot([r["latency"]["p50_ms"] for r in front], [100 * r["accuracy"] for r in front],
                 "k--", lw=1, marker="o", ms=13, mfc="none", label="Pareto front")
-        for r in front:
-            ax.annotate(f"{r['variant']} ({r['runtime']})",
-                        (r["latency"]["p50_ms"], 100 * r["accuracy"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+        # Front points often sit close together: number them and name them in a box.
+        for k, r in enumerate(front, 1):
+            ax.annotate(str(k), (r["latency"]["p50_ms"], 100 * r["accuracy"]), fontsize=8,
+                        xytext=(0, 9), textcoords="offset points", ha="center")
+        ax.text(0.01, 0.02, "Pareto front:\n" + "\n".join(
+                    f"{k}: {r['variant']} ({r['runtime']})" for k, r in enumerate(front, 1)),
+                transform=ax.transAxes, fontsize=7, va="bottom",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
         ax.set_xscale("log")
         ax.set_xlabel("batch-1 p50 latency, ms (log)")
         ax.set_ylabel("test accuracy, %")
