@@ -15,6 +15,8 @@ ratio by up to 58% and the throughput ratios by 90% to 580%: other processes onl
 time, and the fastest call is the one they disturbed least. Throughput and p50 ratios stay in
 the report; gating on them would fail CI on noise.
 
+A row whose own latency rounds (or whose Keras baseline's) disagree by more than the tolerance
+is listed as too noisy to judge, not failed: such a run cannot see a 25% regression.
 Rows new in the run are listed and not gated. Updating the baseline is one command, after a
 run on the same data as CI (the bundled samples):
 
@@ -97,6 +99,7 @@ class CheckResult:
     failures: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     new_rows: list[str] = field(default_factory=list)
+    not_judged: list[str] = field(default_factory=list)  # speed too noisy in this run to judge
 
     @property
     def ok(self) -> bool:
@@ -105,13 +108,30 @@ class CheckResult:
     def render(self) -> str:
         lines = [f"benchmark check: {'PASS' if self.ok else 'FAIL'} "
                  f"({len(self.passed)} rows within budget, {len(self.failures)} failures, "
-                 f"{len(self.new_rows)} new rows not in the baseline)"]
+                 f"{len(self.new_rows)} new rows not in the baseline, {len(self.not_judged)} "
+                 "rows whose speed was too noisy to judge)"]
         lines += [f"  FAIL {f}" for f in self.failures]
         lines += [f"  new  {n} (not gated; update the baseline to gate it)" for n in self.new_rows]
+        lines += [f"  noisy {n}" for n in self.not_judged]
         if not self.ok:
             lines.append("If the change is intended: python -m benchmarks run --quick && "
                          "python -m benchmarks check --update, and commit benchmarks/baseline.json")
         return "\n".join(lines)
+
+
+def _noise(row: dict, rows: dict, tolerance: float) -> str | None:
+    """Why this row's speed ratio cannot be judged in this run, or None.
+
+    A measurement whose own rounds disagree by more than the tolerance (its p50 spread) cannot
+    reveal a regression of that size, nor can a ratio against such a Keras baseline: other
+    processes were competing for the CPU. Such rows are listed, not failed."""
+    base = rows.get(f"{row['task']}/{row['baseline']}")
+    for what, r in (("row", row), ("its Keras baseline", base)):
+        spread = ((r or {}).get("latency") or {}).get("spread_pct")
+        if spread is not None and spread > 100 * tolerance:
+            return (f"{what} p50 varied {spread:.0f}% between rounds (> {100 * tolerance:.0f}%): "
+                    "the machine was busy")
+    return None
 
 
 def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
@@ -148,6 +168,11 @@ def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
                             f"the baseline's {100 * expected['accuracy']:.2f}% (budget "
                             f"{expected['accuracy_budget_pts']} pts)")
         current = _speed_ratios(row)
+        noisy = _noise(row, rows, tolerance)
+        if noisy:
+            result.not_judged.append(f"{key}: speed not judged, {noisy}")
+            current = {}
+            expected = {k: v for k, v in expected.items() if k not in SPEED_KEYS}
         for name, base_value in expected.items():
             if name not in SPEED_KEYS:
                 continue

@@ -180,3 +180,15 @@ def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
     assert ratios["throughput_32"] == pytest.approx(1000 / 100)
     assert ratios["size"] == 0.25 and ratios["accuracy_delta_pts"] == pytest.approx(-2.0)
     assert rows[0]["ratios"]["speedup_p50"] == 1.0
+
+
+def test_check_does_not_judge_speed_measured_on_a_busy_machine():
+    baseline = gate.make_baseline(FIXED_BENCH)
+    busy = copy.deepcopy(FIXED_BENCH)
+    busy["results"][0]["latency"]["spread_pct"] = 60.0  # the Keras baseline's rounds disagree
+    busy["results"][2]["ratios"]["speedup_best"] = 1.0  # would be a -97% regression
+    busy["results"][2]["accuracy"] = 0.70               # accuracy is still judged
+    result = gate.check(busy, baseline)
+    assert any("speed not judged, its Keras baseline p50 varied 60%" in n for n in result.not_judged)
+    assert result.failures == ["fashion_mnist/mlp-int8/onnx: accuracy 70.00% is 14.00 pts below "
+                               "the baseline's 84.00% (budget 2.0 pts)"]
