@@ -22,6 +22,18 @@ from compress import graph
 from compress.errors import InvalidParameterError, NotApplicableError
 
 
+def summarize_kept(kept: dict[str, str], shown: int = 3) -> str:
+    """'reason: a, b, c and 32 more; other reason: d' (a MobileNet has 35 1x1 convs)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in kept.items():
+        by_reason.setdefault(reason, []).append(name)
+    parts = []
+    for reason, names in by_reason.items():
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        parts.append(f"{listed}: {reason}")
+    return "; ".join(parts)
+
+
 # ------------------------------------------------------------------ depthwise-separable
 
 def separable_init(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +84,7 @@ def plan_separable(model, skip_layers=(), min_input_channels: int = 4) -> dict:
     if not plan["layers"]:
         raise NotApplicableError(
             f"no Conv2D of {model.name!r} can be made depthwise-separable"
-            + (": " + "; ".join(f"{k}: {v}" for k, v in plan["kept"].items()) if plan["kept"]
+            + (" (" + summarize_kept(plan["kept"]) + ")" if plan["kept"]
                else " (the model has no Conv2D layer)"))
     return plan
 
@@ -170,7 +182,7 @@ def plan_low_rank(model, rank: int | None = None, rank_ratio: float | None = Non
     if not plan["layers"]:
         raise NotApplicableError(
             f"no Dense/Embedding of {model.name!r} gets smaller at this rank"
-            + (": " + "; ".join(f"{k}: {v}" for k, v in plan["kept"].items()) if plan["kept"]
+            + (" (" + summarize_kept(plan["kept"]) + ")" if plan["kept"]
                else " (the model has no Dense or Embedding layer)"))
     return plan
 
