@@ -23,7 +23,6 @@ models the CPU often beats the GPU (launch and copy overhead dominate a few micr
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,8 +221,6 @@ def render_latency_markdown(record: dict) -> str:
 
 
 def write_latency(record: dict, reports: str | Path) -> Path:
-    reports = Path(reports)
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / LATENCY_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    (reports / LATENCY_MD).write_text(render_latency_markdown(record))
-    return reports / LATENCY_JSON
+    from benchmarks.report import write_record
+
+    return write_record(record, reports, LATENCY_JSON, LATENCY_MD, render_latency_markdown(record))

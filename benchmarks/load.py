@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -392,8 +391,6 @@ def render_load_markdown(record: dict) -> str:
 
 
 def write_load(record: dict, reports: str | Path) -> Path:
-    reports = Path(reports)
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / LOAD_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    (reports / LOAD_MD).write_text(render_load_markdown(record))
-    return reports / LOAD_JSON
+    from benchmarks.report import write_record
+
+    return write_record(record, reports, LOAD_JSON, LOAD_MD, render_load_markdown(record))

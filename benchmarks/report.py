@@ -334,6 +334,17 @@ def render_html(bench: dict, reports: Path, plots: list[Path], curves: dict[str,
     return "\n".join(parts)
 
 
+def write_record(record: dict, reports: str | Path, json_name: str, md_name: str,
+                 markdown: str) -> Path:
+    """Write a record as JSON and its markdown rendering side by side; returns the JSON path.
+    (The `latency` and `load` commands' outputs; `write_reports` also renders plots and HTML.)"""
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / json_name).write_text(json.dumps(record, indent=2) + "\n")
+    (reports / md_name).write_text(markdown)
+    return reports / json_name
+
+
 def write_reports(bench: dict, reports: str | Path) -> dict[str, Path]:
     """Write bench.json, bench.md, the plots and index.html into `reports`."""
     reports = Path(reports)
