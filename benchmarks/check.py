@@ -16,7 +16,18 @@ time, and the fastest call is the one they disturbed least. Throughput and p50 r
 the report; gating on them would fail CI on noise.
 
 A row whose own latency rounds (or whose Keras baseline's) disagree by more than the tolerance
-is listed as too noisy to judge, not failed: such a run cannot see a 25% regression.
+cannot show a 25% regression: it is judged on a second measurement (`remeasure`, below) when
+the artifacts are at hand, else listed as too noisy to judge, not failed.
+Two more things keep CI from failing on noise rather than on regressions:
+  - a row whose speed ratio fails is measured again before it is failed (`remeasure`: the row
+    and its Keras baseline, interleaved, more rounds); only a regression that the second
+    measurement confirms fails. In CI, one run out of several saw single rows 25-32% slower
+    while the same code re-measured within budget.
+  - a baseline row missing from the run because `compress` rejected that export in this run
+    (its parity check failed: int8 exports of models trained on the bundled samples agree with
+    their float parent on 99.0% of inputs give or take a few images, and another CPU's float
+    rounding can tip that) is listed as "not produced", with compress's reason, not failed.
+    A row missing for any other reason fails.
 Rows new in the run are listed and not gated. Updating the baseline is one command, after a
 run on the same data as CI (the bundled samples):
 
@@ -28,13 +39,16 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
 SPEED_KEYS = ("speedup_best",)
 # Allowed accuracy drop per row, in points. The bundled test sets have 500-1000 examples (one
-# point = 5-10 images) and fine-tuning need not be bit-for-bit reproducible across machines.
-DEFAULT_ACCURACY_BUDGET_PTS = 2.0
+# point = 5-10 images), and a short fine-tune, seeded and deterministic on one machine, can end
+# up a few images apart on another CPU's floating-point rounding (before compress was seeded,
+# runs here differed by up to 3.2 points).
+DEFAULT_ACCURACY_BUDGET_PTS = 5.0
 
 
 class BaselineError(ValueError):
@@ -61,12 +75,22 @@ def _data_signature(task_info: dict) -> dict:
     return {"bundled_sample": source.startswith("bundled sample"), "n_test": task_info["n_test"]}
 
 
+# remeasure(row, baseline_row) -> the row's speedup_best measured again
+Remeasure = Callable[[dict, dict], float]
+
+
 def _speed_ratios(row: dict) -> dict:
     ratios = row.get("ratios") or {}
     return {k: v for k, v in ratios.items() if k in SPEED_KEYS}
 
 
-def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS) -> dict:
+def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS,
+                  remeasure: Remeasure | None = None,
+                  progress: Callable[[str], None] = lambda message: None) -> dict:
+    """The baseline for `bench`. With `remeasure`, each speed ratio is measured a second time
+    and the lower of the two is kept: one lucky measurement (seen: a Keras variant at 1.13x
+    its parent that re-measured at 0.80x) would otherwise set a bar that honest runs miss."""
+    by_key = {_row_key(r): r for r in bench["results"]}
     rows = {}
     for row in bench["results"]:
         if row.get("error"):
@@ -74,7 +98,18 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
         entry = {"accuracy": row["accuracy"], "accuracy_budget_pts": accuracy_budget_pts}
         is_reference = row["baseline"] == f"{row['variant']}/{row['runtime']}"
         if not is_reference:  # the Keras baseline's own ratios are 1 by definition
-            entry.update({k: round(v, 4) for k, v in _speed_ratios(row).items()})
+            ratios = _speed_ratios(row)
+            base_row = by_key.get(f"{row['task']}/{row['baseline']}")
+            if remeasure is not None and base_row is not None and "speedup_best" in ratios:
+                try:
+                    again = remeasure(row, base_row)
+                    progress(f"{_row_key(row)}: speedup_best {ratios['speedup_best']:.2f}x, "
+                             f"re-measured {again:.2f}x")
+                    ratios["speedup_best"] = min(ratios["speedup_best"], again)
+                except Exception as e:  # noqa: BLE001  the run's own value is still a baseline
+                    progress(f"{_row_key(row)}: re-measuring failed ({type(e).__name__}: {e}); "
+                             "keeping the run's value")
+            entry.update({k: round(v, 4) for k, v in ratios.items()})
         rows[_row_key(row)] = entry
     return {
         "schema": BASELINE_SCHEMA,
@@ -87,10 +122,15 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
 
 
 def update_baseline(bench: dict, path: str | Path,
-                    accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS) -> Path:
+                    accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS,
+                    remeasure: Remeasure | None = None,
+                    progress: Callable[[str], None] = lambda message: None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(make_baseline(bench, accuracy_budget_pts), indent=2) + "\n")
+    baseline = make_baseline(bench, accuracy_budget_pts, remeasure, progress)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(baseline, indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 
@@ -100,6 +140,8 @@ class CheckResult:
     passed: list[str] = field(default_factory=list)
     new_rows: list[str] = field(default_factory=list)
     not_judged: list[str] = field(default_factory=list)  # speed too noisy in this run to judge
+    not_produced: list[str] = field(default_factory=list)  # compress rejected it in this run
+    remeasured: list[str] = field(default_factory=list)  # failed first, within budget when re-measured
 
     @property
     def ok(self) -> bool:
@@ -109,8 +151,11 @@ class CheckResult:
         lines = [f"benchmark check: {'PASS' if self.ok else 'FAIL'} "
                  f"({len(self.passed)} rows within budget, {len(self.failures)} failures, "
                  f"{len(self.new_rows)} new rows not in the baseline, {len(self.not_judged)} "
-                 "rows whose speed was too noisy to judge)"]
+                 "rows whose speed was too noisy to judge, "
+                 f"{len(self.not_produced)} rows compress did not produce this run)"]
         lines += [f"  FAIL {f}" for f in self.failures]
+        lines += [f"  remeasured {r}" for r in self.remeasured]
+        lines += [f"  not produced {n}" for n in self.not_produced]
         lines += [f"  new  {n} (not gated; update the baseline to gate it)" for n in self.new_rows]
         lines += [f"  noisy {n}" for n in self.not_judged]
         if not self.ok:
@@ -134,7 +179,27 @@ def _noise(row: dict, rows: dict, tolerance: float) -> str | None:
     return None
 
 
-def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
+def rejected_by_compress(artifacts: str | Path) -> dict[str, str]:
+    """{"task/variant": why} for every variant that `compress` tried to make and rejected, as
+    recorded in artifacts/<task>/compress_report.json (`would_be` names the variant)."""
+    rejected = {}
+    for report in sorted(Path(artifacts).glob("*/compress_report.json")):
+        try:
+            data = json.loads(report.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # an unreadable report tells nothing; missing rows then fail as usual
+        for rows in (data.get("models") or {}).values():
+            for row in rows:
+                if row.get("would_be") and str(row.get("status", "")).startswith("failed"):
+                    rejected[f"{data.get('task')}/{row['would_be']}"] = row["status"]
+    return rejected
+
+
+def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | None = None,
+          rejected: dict[str, str] | None = None) -> CheckResult:
+    """Compare `bench` with `baseline`. `remeasure` (optional) re-measures a row whose speed
+    ratio failed; `rejected` ({"task/variant": why}, see `rejected_by_compress`) excuses
+    baseline rows that compress refused to produce in this run."""
     if not isinstance(baseline, dict):
         path = Path(baseline)
         if not path.is_file():
@@ -156,7 +221,12 @@ def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
     for key, expected in baseline["rows"].items():
         row = rows.get(key)
         if row is None:
-            result.failures.append(f"{key}: in the baseline but not in this run")
+            variant_key = key.rsplit("/", 1)[0]
+            if rejected and variant_key in rejected:
+                result.not_produced.append(f"{key}: compress rejected it in this run "
+                                           f"({rejected[variant_key]})")
+            else:
+                result.failures.append(f"{key}: in the baseline but not in this run")
             continue
         if row.get("error"):
             result.failures.append(f"{key}: failed to run ({row['error']})")
@@ -168,8 +238,19 @@ def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
                             f"the baseline's {100 * expected['accuracy']:.2f}% (budget "
                             f"{expected['accuracy_budget_pts']} pts)")
         current = _speed_ratios(row)
+        base_row = rows.get(f"{row['task']}/{row['baseline']}")
         noisy = _noise(row, rows, tolerance)
-        if noisy:
+        remeasured = False
+        if noisy and remeasure is not None and base_row is not None:
+            # The run's rounds disagreed: judge the row on a second, interleaved measurement.
+            try:
+                current = {"speedup_best": remeasure(row, base_row)}
+                remeasured = True
+                result.remeasured.append(f"{key}: first measurement too noisy ({noisy}); "
+                                         f"re-measured {current['speedup_best']:.2f}x")
+            except Exception as e:  # noqa: BLE001  then it is simply not judged
+                noisy += f"; re-measuring failed ({type(e).__name__}: {e})"
+        if noisy and not remeasured:
             result.not_judged.append(f"{key}: speed not judged, {noisy}")
             current = {}
             expected = {k: v for k, v in expected.items() if k not in SPEED_KEYS}
@@ -179,10 +260,25 @@ def check(bench: dict, baseline: dict | str | Path) -> CheckResult:
             value = current.get(name)
             if value is None:
                 problems.append(f"{name} not measured in this run (baseline {base_value:.2f}x)")
-            elif value < base_value * (1 - tolerance):
-                problems.append(f"{name} {value:.2f}x vs baseline {base_value:.2f}x "
-                                f"({100 * (value / base_value - 1):+.0f}%, allowed "
-                                f"-{100 * tolerance:.0f}%)")
+                continue
+            floor = base_value * (1 - tolerance)
+            if value >= floor:
+                continue
+            message = (f"{name} {value:.2f}x vs baseline {base_value:.2f}x "
+                       f"({100 * (value / base_value - 1):+.0f}%, allowed -{100 * tolerance:.0f}%)")
+            if (remeasure is not None and base_row is not None and name == "speedup_best"
+                    and not remeasured):
+                try:
+                    again = remeasure(row, base_row)
+                except Exception as e:  # noqa: BLE001  the first measurement's failure stands
+                    problems.append(f"{message}; re-measuring failed ({type(e).__name__}: {e})")
+                    continue
+                if again >= floor:
+                    result.remeasured.append(f"{key}: {message}; re-measured {again:.2f}x, "
+                                             "within budget")
+                    continue
+                message += f"; re-measured {again:.2f}x, still below"
+            problems.append(message)
         if problems:
             result.failures.append(f"{key}: " + "; ".join(problems))
         else:

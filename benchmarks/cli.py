@@ -7,7 +7,8 @@
     check     CI gate: compare reports/bench.json with benchmarks/baseline.json
 
 Heavy imports happen inside each command, so `latency`, `load` and `check` never import
-TensorFlow (the Keras runner imports it only when `run` opens a Keras model).
+TensorFlow (the Keras runner imports it only when `run` opens a Keras model, or when `check`
+re-measures a failed speed ratio against a Keras baseline).
 """
 from __future__ import annotations
 
@@ -96,11 +97,26 @@ def cmd_check(args) -> int:
     from benchmarks.check import check, load_bench, update_baseline
 
     bench = load_bench(args.bench)
+    artifacts = Path(args.artifacts or bench.get("artifacts") or "artifacts")
+    remeasure = rejected = None
+    if artifacts.is_dir():
+        from benchmarks.check import rejected_by_compress
+
+        rejected = rejected_by_compress(artifacts)
+        if not args.no_remeasure:
+            from benchmarks.suite import remeasure_speedup
+
+            def remeasure(row, base_row):
+                return remeasure_speedup(bench, row, base_row, progress=lambda message: None)
     if args.update:
-        path = update_baseline(bench, args.baseline, accuracy_budget_pts=args.accuracy_budget)
-        print(f"baseline written: {path} ({args.bench} -> {args.baseline}); commit it")
+        path = update_baseline(bench, args.baseline, accuracy_budget_pts=args.accuracy_budget,
+                               remeasure=remeasure,
+                               progress=lambda message: print(message, file=sys.stderr))
+        print(f"baseline written: {path} ({args.bench} -> {args.baseline}"
+              + (", each speed ratio the lower of the run's and a re-measurement" if remeasure
+                 else "") + "); commit it")
         return 0
-    result = check(bench, args.baseline)
+    result = check(bench, args.baseline, remeasure=remeasure, rejected=rejected)
     print(result.render())
     return 0 if result.ok else 1
 
@@ -169,8 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--bench", default="reports/bench.json")
     chk.add_argument("--update", action="store_true",
                      help="write the baseline from --bench instead of checking")
-    chk.add_argument("--accuracy-budget", type=float, default=2.0,
-                     help="with --update: allowed accuracy drop per row, in points (2.0)")
+    chk.add_argument("--artifacts", default=None,
+                     help="the variants the bench measured (default: the bench record's), to "
+                          "re-measure rows whose speed fails and to read compress's rejections")
+    chk.add_argument("--no-remeasure", action="store_true",
+                     help="judge speed on the bench record alone (no second measurement)")
+    chk.add_argument("--accuracy-budget", type=float, default=5.0,
+                     help="with --update: allowed accuracy drop per row, in points (5.0)")
     chk.set_defaults(func=cmd_check)
     return p
 

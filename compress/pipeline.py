@@ -163,10 +163,14 @@ def seed_tensorflow(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def _step_variant_name(step, parent: Variant) -> str:
+    return f"{parent.name}-{get_technique(step.technique).suffix(step.params)}"
+
+
 def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
     """Apply one recipe step to `parent`; returns the new, measured variant."""
     technique = get_technique(step.technique)
-    name = f"{parent.name}-{technique.suffix(step.params)}"
+    name = _step_variant_name(step, parent)
     inputs = Inputs(parent, lambda: run.keras_model(parent), run.data.train_x, run.data.train_y,
                     run.data.train_x[: run.recipe.calibration_size],
                     parent.manifest["output"].get("activation", "softmax"),
@@ -267,8 +271,11 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
             log(f"  - {step.id}: not applicable ({e})")
             continue
         except (CompressError, ExportParityError, ArtifactError, ValueError) as e:
+            # `would_be` names the variant this step would have written, so that the CI gate
+            # can tell "compress rejected it in this run" from "it went missing".
             rows.append({"variant": step.id, "model": model, "technique": step.technique,
-                         "parent": parent.name, "status": f"failed: {e}"})
+                         "parent": parent.name, "would_be": _step_variant_name(step, parent),
+                         "status": f"failed: {e}"})
             log(f"  ! {step.id}: FAILED: {e}")
             continue
         row = _row(variant)

@@ -164,5 +164,6 @@ def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monk
     again = pipeline.run_model(root, TASK, MODEL, recipe, log=lambda *a: None)
     assert not (root / TASK / "tiny_cnn-onnx-fp16").exists()
     assert again[-1]["status"] == "failed: forced for the test"
+    assert again[-1]["would_be"] == "tiny_cnn-onnx-fp16"  # what CI's gate looks up
     leftovers = [p.name for p in (root / TASK).iterdir() if p.name.startswith(".tmp")]
     assert leftovers == []
