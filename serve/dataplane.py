@@ -139,7 +139,7 @@ def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
         if len(t) > MAX_TEXT_CHARS:
             raise InvalidInput(f"{what} has {len(t):,} characters",
                                expected=f"at most {MAX_TEXT_CHARS:,} characters (the model "
-                               f"reads only the first {model.preprocess.max_length} words)")
+                               f"reads only the first {model.preprocess.max_length} tokens)")
     return model.preprocess(texts), single
 
 

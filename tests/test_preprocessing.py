@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from trainer.preprocessing import (ImagePreprocessor, PreprocessingError, TextTokenizer,
-                                   preprocessor_from_config, tokenize_words)
+                                   preprocessor_from_config, tokenize_words, word_ngrams)
 
 
 def test_minmax_scaling_shapes_and_range():
@@ -57,6 +57,27 @@ def test_tokenizer_round_trip_and_oov(tmp_path):
     tok.save_vocabulary(tmp_path)
     again = preprocessor_from_config(tok.to_config(), tmp_path)
     assert np.array_equal(again(["the dog sat", "x"]), tok(["the dog sat", "x"]))
+
+
+def test_bigram_tokenizer_interleaves_pairs_and_round_trips(tmp_path):
+    assert word_ngrams(["not", "good", "at", "all"], 2) == [
+        "not", "good", "not good", "at", "good at", "all", "at all"]
+    assert word_ngrams(["a", "b", "c"], 3) == ["a", "b", "a b", "c", "b c", "a b c"]
+    tok = TextTokenizer.fit(["not good", "not good", "very good"], vocab_size=6, max_length=5,
+                            ngrams=2)
+    assert tok.vocabulary == ["good", "not", "not good", "very"]  # counts 3, 2, 2, 1
+    # Tokens: not, good, "not good", very, "good very" (not in the vocabulary: OOV), then
+    # truncation to 5 drops good and "very good".
+    assert tok(["not good, very good"]).tolist() == [[3, 2, 4, 5, 1]]
+    assert tok.decode([3, 2, 4, 1, 0]) == "not good not good <oov>"
+    tok.save_vocabulary(tmp_path)
+    config = tok.to_config()
+    assert config["ngrams"] == 2
+    again = preprocessor_from_config(config, tmp_path)  # what serve builds from the manifest
+    texts = ["Not good<br />at all.", "very very good", ""]
+    assert np.array_equal(again(texts), tok(texts))
+    with pytest.raises(ValueError, match="ngrams must be 1, 2 or 3, got 4"):
+        TextTokenizer.fit(["a"], ngrams=4)
 
 
 def test_tokenizer_truncates_and_handles_empty():

@@ -60,6 +60,24 @@ def test_text_variant_writes_vocabulary(tmp_path):
     assert v.preprocessor().vocab_size == 500
 
 
+def test_bigram_model_serves_with_the_tokenizer_it_trained_with(tmp_path):
+    from compress.export import run_onnx
+    from trainer.data import load
+
+    v = train_variant("imdb", "imdb_bigram", artifacts=tmp_path,
+                      overrides={**TINY, "vocab_size": 2000, "max_length": 64, "width": 1.0})
+    assert v.manifest["preprocessing"]["ngrams"] == 2
+    data = prepare_data("imdb", resolved_recipe("imdb_bigram", overrides={
+        **TINY, "vocab_size": 2000, "max_length": 64, "width": 1.0}), None)
+    served = v.preprocessor()  # built from manifest + vocab.json, as serve does
+    reviews = list(load("imdb", "test").x[:50])
+    assert np.array_equal(served(reviews), data.preprocessor(reviews))
+    assert any(" " in token for token in served.vocabulary)  # word pairs are in the vocabulary
+    probs = run_onnx(v.file("model.onnx"), data.x_test)
+    accuracy = np.mean((probs[:, 0] > 0.5) == data.y_test)
+    assert accuracy == pytest.approx(v.metrics["test_accuracy"], abs=1e-3)
+
+
 def test_xor_mlp_solves_xor(tmp_path):
     v = train_variant("xor", "xor_mlp", artifacts=tmp_path)
     assert v.metrics["test_accuracy"] == 1.0 and v.metrics["n_test"] == 4

@@ -29,7 +29,7 @@ SERVED_JOBS = (
     TrainJob("sign_mnist", "sign_cnn"),
     TrainJob("sign_mnist", "sign_mlp"),
     TrainJob("imdb", "imdb_gap"),
-    TrainJob("imdb", "imdb_cnn"),
+    TrainJob("imdb", "imdb_bigram"),
     # Transfer: the Fashion-MNIST backbone is the checkpoint the Sign-Language model starts from.
     TrainJob("fashion_mnist", "mobilenet_v2", {"epochs": 8}),
     TrainJob("sign_mnist", "mobilenet_v2",

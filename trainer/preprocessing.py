@@ -108,17 +108,34 @@ def tokenize_words(text: str) -> list[str]:
     return _TOKEN.findall(_BR.sub(" ", text).lower())
 
 
+def word_ngrams(words: list[str], n: int) -> list[str]:
+    """Words with their n-grams up to `n` interleaved, each n-gram right after its last word:
+    ["not", "good"], n=2 -> ["not", "good", "not good"]. Interleaving (rather than all words,
+    then all pairs) makes truncation to `max_length` cut the end of the review for both."""
+    if n == 1:
+        return words
+    out = []
+    for i, w in enumerate(words):
+        out.append(w)
+        for k in range(2, min(n, i + 1) + 1):
+            out.append(" ".join(words[i - k + 1:i + 1]))
+    return out
+
+
 @dataclass
 class TextTokenizer:
-    """Words -> integer ids, padded/truncated to `max_length`.
+    """Words (and optionally word n-grams) -> integer ids, padded/truncated to `max_length`.
 
-    Id 0 is padding, id 1 stands for every out-of-vocabulary word, ids 2.. are the
-    `vocab_size - 2` most frequent training words (ties broken alphabetically, so a
-    vocabulary is reproducible). Long reviews keep their first `max_length` words.
+    Id 0 is padding, id 1 stands for every out-of-vocabulary token, ids 2.. are the
+    `vocab_size - 2` most frequent training tokens (ties broken alphabetically, so a
+    vocabulary is reproducible). With `ngrams=2`, word pairs such as "not good" are tokens
+    too, each right after its second word (the fastText bag-of-n-grams input: order-free
+    models then still see negations). Long reviews keep their first `max_length` tokens.
     """
 
     vocabulary: list[str] = field(default_factory=list)  # index i -> id i + 2
     max_length: int = 256
+    ngrams: int = 1
 
     PAD_ID = 0
     OOV_ID = 1
@@ -127,26 +144,37 @@ class TextTokenizer:
     def __post_init__(self):
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if not 1 <= self.ngrams <= 3:
+            raise ValueError(f"ngrams must be 1, 2 or 3, got {self.ngrams}")
         self._index = {w: i + 2 for i, w in enumerate(self.vocabulary)}
 
     @classmethod
-    def fit(cls, texts: Iterable[str], vocab_size: int = 10_000, max_length: int = 256):
+    def fit(cls, texts: Iterable[str], vocab_size: int = 10_000, max_length: int = 256,
+            ngrams: int = 1):
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (pad, OOV, one word), got {vocab_size}")
+        if not 1 <= ngrams <= 3:
+            raise ValueError(f"ngrams must be 1, 2 or 3, got {ngrams}")
         counts = Counter()
         for t in texts:
-            counts.update(tokenize_words(t))
+            counts.update(word_ngrams(tokenize_words(t), ngrams))
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 2]
-        return cls([w for w, _ in ranked], max_length)
+        return cls([w for w, _ in ranked], max_length, ngrams)
 
     @property
     def vocab_size(self) -> int:
         """Size of the id space, pad and OOV included (the Embedding's input_dim)."""
         return len(self.vocabulary) + 2
 
+    def tokens(self, text: str) -> list[str]:
+        """The tokens of `text` before truncation (words, or words and n-grams)."""
+        return word_ngrams(tokenize_words(text), self.ngrams)
+
     def encode_one(self, text: str) -> list[int]:
-        oov = self.OOV_ID
-        return [self._index.get(w, oov) for w in tokenize_words(text)[: self.max_length]]
+        oov, index = self.OOV_ID, self._index
+        if self.ngrams == 1:  # the common case without building n-grams past max_length
+            return [index.get(w, oov) for w in tokenize_words(text)[: self.max_length]]
+        return [index.get(w, oov) for w in self.tokens(text)[: self.max_length]]
 
     def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
         """Texts -> int32 array (N, max_length), padded with 0 at the end."""
@@ -171,7 +199,8 @@ class TextTokenizer:
 
     def to_config(self) -> dict:
         return {"type": "text", "max_length": self.max_length, "vocab_size": self.vocab_size,
-                "vocab_file": self.VOCAB_FILE, "pad_id": self.PAD_ID, "oov_id": self.OOV_ID}
+                "ngrams": self.ngrams, "vocab_file": self.VOCAB_FILE, "pad_id": self.PAD_ID,
+                "oov_id": self.OOV_ID}
 
     def save_vocabulary(self, directory: str | Path) -> Path:
         path = Path(directory) / self.VOCAB_FILE
@@ -185,7 +214,7 @@ class TextTokenizer:
             vocabulary = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"tokenizer vocabulary {path} is missing") from None
-        tok = cls(vocabulary, int(config["max_length"]))
+        tok = cls(vocabulary, int(config["max_length"]), int(config.get("ngrams", 1)))
         if "vocab_size" in config and tok.vocab_size != int(config["vocab_size"]):
             raise ValueError(
                 f"{path}: vocabulary has {tok.vocab_size} ids, manifest says {config['vocab_size']}"

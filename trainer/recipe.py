@@ -56,7 +56,8 @@ class Recipe:
     augment: bool = False            # shifts, small rotations, zoom/crop, brightness/contrast
                                      # (+ horizontal flips only where they keep the label)
     vocab_size: int = 10_000         # text: tokenizer vocabulary (pad and unknown included)
-    max_length: int = 256            # text: words kept per review
+    max_length: int = 256            # text: tokens kept per review
+    ngrams: int = 1                  # text: 2 adds word pairs ("not good") as tokens
     max_train_examples: int = 0      # 0: all; else a stratified subset (quick runs, search)
     validation_split: float = 0.1    # held out from train, seeded
     # --- loop
@@ -90,6 +91,8 @@ class Recipe:
             raise RecipeError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise RecipeError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.ngrams not in (1, 2, 3):
+            raise RecipeError(f"ngrams must be 1, 2 or 3, got {self.ngrams!r}")
         if self.early_stopping_patience and not self.validation_split:
             raise RecipeError("early_stopping_patience needs a validation_split > 0")
         if self.schedule == "plateau" and not self.validation_split:

@@ -86,7 +86,8 @@ def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
     if task.kind == "image":
         prep = ImagePreprocessor.fit(train.x[train_idx], recipe.scaling)
     elif task.kind == "text":
-        prep = TextTokenizer.fit(train.x[train_idx], recipe.vocab_size, recipe.max_length)
+        prep = TextTokenizer.fit(train.x[train_idx], recipe.vocab_size, recipe.max_length,
+                                 recipe.ngrams)
     else:
         prep = VectorPreprocessor()
     as_input = (lambda x: prep(list(x))) if task.kind == "text" else prep
@@ -310,8 +311,9 @@ def train_variant(task_name: str, model_name: str, *, recipe_file: dict | None =
     task = get_task(task_name)
     check_model_fits_task(model_name, task)
     recipe = resolved_recipe(model_name, recipe_file, overrides)
-    if task.kind != "text" and any(k in (overrides or {}) for k in ("vocab_size", "max_length")):
-        raise RecipeError(f"vocab_size/max_length apply to text tasks only; {task_name!r} is "
+    if task.kind != "text" and any(k in (overrides or {})
+                                   for k in ("vocab_size", "max_length", "ngrams")):
+        raise RecipeError(f"vocab_size/max_length/ngrams apply to text tasks only; {task_name!r} is "
                           f"{task.kind}")
     data = prepare_data(task_name, recipe, data_dir)
     print(f"[trainer] {task_name}/{variant or model_name}: {len(data.x_train)} train, "

@@ -54,3 +54,27 @@ def imdb_cnn(inputs: ModelInputs, options: ModelOptions):
     x = L.GlobalMaxPooling1D()(x)
     x = dense(x, 250, options)
     return keras.Model(x_in, classifier_head(x, inputs.num_classes, options), name="imdb_cnn")
+
+
+@register_model(kind="text", task="imdb",
+                description="word + word-pair ids -> Embedding(60000,32) -> "
+                            "GlobalAveragePooling1D -> Dropout -> Dense1 sigmoid (fastText-style "
+                            "bag of bigrams; the stronger IMDB model)",
+                optimizer="adam", learning_rate=3e-3, epochs=12, batch_size=128,
+                vocab_size=60_000, max_length=800, ngrams=2, early_stopping_patience=2,
+                monitor="val_accuracy")
+def imdb_bigram(inputs: ModelInputs, options: ModelOptions):
+    """The stronger IMDB model: the lecture model's averaged embeddings, fed words *and* word
+    pairs (TextTokenizer ngrams=2), so that "not good" and "good" get different vectors
+    (Joulin et al. 2017, "Bag of Tricks for Efficient Text Classification"). 800 tokens hold
+    about 400 words, the whole of 87% of reviews. One Gather, a mean and a dot product: it
+    trains in about 2 minutes on 2 cores and answers in microseconds."""
+    from trainer.tf_setup import keras
+
+    L = keras.layers
+    x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")
+    x = L.Embedding(_require_vocab(inputs, "imdb_bigram"), scaled(32, options))(x_in)
+    x = L.GlobalAveragePooling1D()(x)
+    if options.dropout:
+        x = L.Dropout(options.dropout)(x)
+    return keras.Model(x_in, classifier_head(x, inputs.num_classes, options), name="imdb_bigram")
