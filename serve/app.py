@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import dataplane, docs
 from serve.errors import InvalidInput, ServeError, http_status
+from serve.fastpath import ClassifyFastPath, classify_json
 from serve.metrics import ServerMetrics
 from serve.middleware import RequestContextMiddleware
 from serve.repository import ModelRepository
@@ -106,20 +107,20 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
               openapi_extra=docs.CLASSIFY_BODY, responses=docs.CLASSIFY_RESPONSES)
     async def classify(request: Request):
         # Parameters are read by hand, not declared: FastAPI's per-parameter validation costs
-        # more than the model (docs.CLASSIFY_BODY documents them for /docs).
-        start = time.perf_counter()
+        # more than the model (docs.CLASSIFY_BODY documents them for /docs). JSON bodies are
+        # usually answered before this route by serve.fastpath, with the same classify_json.
         task = request.path_params["task"]
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return Response(await classify_json(repo, task, request.query_params,
+                                                await request.body()), media_type=JSON)
+        start = time.perf_counter()
         k, invert = dataplane.classify_params(request.query_params)
         model = repo.get(task)
         model.require_ready()
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            x, single = await _uploaded_image(request, model, invert), True
-        else:
-            x, single = dataplane.friendly_inputs(model, dataplane.parse_json(await request.body()),
-                                                  invert)
+        x = await _uploaded_image(request, model, invert)
         raw, timing = await repo.infer(model, x)
         timing["total"] = round((time.perf_counter() - start) * 1e3, 3)
-        return Response(dataplane.classify_answer(model, model.probabilities(raw), k, single,
+        return Response(dataplane.classify_answer(model, model.probabilities(raw), k, True,
                                                   timing), media_type=JSON)
 
     async def _uploaded_image(request: Request, model, invert: str):
@@ -220,6 +221,10 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    # Middleware added first runs innermost: the fast path sits inside CORS and the request
+    # context, so it gets the same headers, auth, body limit and metrics as every route.
+    if settings.fast_path:
+        app.add_middleware(ClassifyFastPath, repository=repo)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"],

@@ -34,6 +34,7 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413 (a phone photo fits)
     cors_origins: tuple[str, ...] = ()     # browser origins allowed to call the API
     access_log: bool = False         # one JSON line per request (costs ~10% throughput)
+    fast_path: bool = True           # JSON /v1/classify in plain ASGI, past FastAPI's router
     log_level: str = "info"
     graceful_timeout_s: int = 20     # on SIGTERM: stop accepting, finish in-flight, then exit
 

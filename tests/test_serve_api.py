@@ -277,6 +277,37 @@ def test_tfserving_predict_instances_and_inputs(client, artifacts):
         assert r.status_code == 422 and r.json()["expected"], r.text
 
 
+# -- the JSON fast path (serve.fastpath) and the FastAPI route answer alike ----------------------
+def test_fast_path_and_fastapi_route_give_the_same_answers_and_errors(client, artifacts):
+    slow = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1,
+                                     fast_path=False)))
+    try:
+        requests = [
+            ("/v1/classify/fashion_mnist?k=2", {"pixels": pixels()}),
+            ("/v1/classify/sign_mnist", {"pixels": pixels(3)}),
+            ("/v1/classify/imdb?k=1", {"texts": ["a fine film", "awful"]}),
+            ("/v1/classify/fashion_mnist", {"pixels": [[1, 2], [3, 4]]}),    # wrong shape
+            ("/v1/classify/fashion_mnist?k=0", {"pixels": pixels()}),        # bad k
+            ("/v1/classify/nope", {"pixels": pixels()}),                     # unknown task
+            ("/v1/classify/imdb", {"text": ""}),                             # empty text
+        ]
+        for path, body in requests:
+            fast, route = client.post(path, json=body), slow.post(path, json=body)
+            assert fast.status_code == route.status_code, (path, fast.text, route.text)
+            a, b = fast.json(), route.json()
+            a.pop("timing_ms", None), b.pop("timing_ms", None)
+            assert a == b, path
+            assert fast.headers["content-type"] == "application/json"
+            assert fast.headers["x-request-id"]
+        for c in (client, slow):  # not JSON: invalid_json from both
+            r = c.post("/v1/classify/fashion_mnist", content=b"{nope")
+            assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+        # The upload form and unknown sub-paths still go through FastAPI.
+        assert client.post("/v1/classify/fashion_mnist/extra", json={}).status_code == 404
+    finally:
+        slow.__exit__(None, None, None)
+
+
 # -- operations ------------------------------------------------------------------------------
 def test_metrics_count_requests_by_model_and_status(client):
     client.post("/v1/classify/imdb", json={"text": "fine"})

@@ -1,0 +1,106 @@
+"""The hot path: JSON `POST /v1/classify/{task}` answered in plain ASGI, past FastAPI's router.
+
+One Fashion image per request costs the server about 130 us of Python on this machine, of
+which FastAPI's routing, request object and endpoint machinery are a third (in-process, no
+sockets: 471-516 us per request through the whole app vs 294-321 us for the handler's own work,
+measured while the machine was loaded; see serve/README.md). The model itself is 10-40 us.
+So the one request shape that load is made of skips that machinery; everything else (uploads,
+the standard protocols, docs) goes to FastAPI as before, and /docs still documents the route.
+
+Both paths run the same `classify_json` (parse, validate, preprocess, batch, answer), and the
+same outer middleware (request id, auth, body limit, metrics, CORS), so answers, errors and
+metrics are identical; `SERVE_FAST_PATH=0` turns it off to compare.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+from urllib.parse import parse_qsl
+
+import orjson
+
+from serve import dataplane
+from serve.errors import ServeError, http_status
+
+log = logging.getLogger("serve.app")
+
+PREFIX = "/v1/classify/"
+ROUTE_PATH = "/v1/classify/{task}"  # the FastAPI route this stands in for (metrics label)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Route(NamedTuple):
+    """What the metrics middleware reads from scope["route"] (FastAPI puts its route there)."""
+
+    path: str
+
+
+_ROUTE = _Route(ROUTE_PATH)
+
+
+async def classify_json(repo, task: str, query, body: bytes) -> bytes:
+    """The whole JSON classify request: `query` is a mapping of query parameters; returns the
+    answer's bytes or raises a `serve.errors` error."""
+    start = time.perf_counter()
+    k, invert = dataplane.classify_params(query)
+    model = repo.get(task)
+    model.require_ready()
+    x, single = dataplane.friendly_inputs(model, dataplane.parse_json(body), invert)
+    raw, timing = await repo.infer(model, x)
+    timing["total"] = round((time.perf_counter() - start) * 1e3, 3)
+    return dataplane.classify_answer(model, model.probabilities(raw), k, single, timing)
+
+
+class ClassifyFastPath:
+    """Pure-ASGI middleware: takes JSON classify requests, passes everything else on."""
+
+    def __init__(self, app, *, repository):
+        self.app = app
+        self.repo = repository
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or not scope["path"].startswith(PREFIX)):
+            return await self.app(scope, receive, send)
+        task = scope["path"][len(PREFIX):]
+        if not task or "/" in task or self._is_multipart(scope):
+            return await self.app(scope, receive, send)  # FastAPI: 404, 405 or the upload form
+        scope["route"], scope["path_params"] = _ROUTE, {"task": task}
+        status, headers = 200, JSON_HEADERS
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                return  # the client went away before sending its request
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1"),
+                                   keep_blank_values=True))
+            payload = await classify_json(self.repo, task, query, body)
+        except ServeError as e:
+            status, payload = http_status(e), orjson.dumps(e.as_dict())
+            headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+        except Exception as e:  # noqa: BLE001  the app boundary, as in serve.app
+            log.exception("unhandled error on POST %s", scope["path"])
+            status = 500
+            payload = orjson.dumps({"error": f"internal error ({type(e).__name__})",
+                                    "code": "internal"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    @staticmethod
+    def _is_multipart(scope) -> bool:
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                return value.startswith(b"multipart/")
+        return False
+
+    @staticmethod
+    async def _read_body(receive) -> bytes | None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
