@@ -245,7 +245,9 @@ _HOW_TO_PROVIDE = {
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     if data_dir is None:
         data_dir = os.environ.get("DATA_DIR") or None
-    return Path(data_dir) if data_dir else None
+    # Absolute, so that a manifest's data_source names the same files however the folder was
+    # spelled (compress --start-from compares them: ../shared/data == /work/shared/data).
+    return Path(os.path.abspath(data_dir)) if data_dir else None
 
 
 def load(name: str, split: str = "train", data_dir: str | Path | None = None,
