@@ -194,3 +194,19 @@ def test_batch_norm_after_a_conv_is_quantized_by_folding():
     lone_bn = keras.Model(inputs, L.Dense(2)(L.BatchNormalization(name="lone")(inputs)))
     with pytest.raises(UnsupportedLayerError, match="'lone'"):
         quantize.quantization_plan(lone_bn)
+
+
+def test_select_variant_pins_a_variant_for_serve(tmp_path, capsys):
+    from compress.cli import main
+    from serve.fixtures import write_fixture_artifacts, write_image_variant
+    from trainer.artifacts import selected_variant
+
+    write_image_variant(tmp_path, "sign_mnist", "cnn", seed=2)
+    write_fixture_artifacts(tmp_path)  # selects its MLP fixtures
+    assert selected_variant(tmp_path, "sign_mnist").name == "fixture_mlp"
+    assert main(["select", "--task", "sign_mnist", "--artifacts", str(tmp_path),
+                 "--variant", "fixture_cnn"]) == 0
+    assert selected_variant(tmp_path, "sign_mnist").name == "fixture_cnn"
+    assert main(["select", "--task", "sign_mnist", "--artifacts", str(tmp_path),
+                 "--variant", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
