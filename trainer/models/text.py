@@ -60,8 +60,8 @@ def imdb_cnn(inputs: ModelInputs, options: ModelOptions):
                 description="word + word-pair ids -> Embedding(60000,32) -> "
                             "GlobalAveragePooling1D -> Dropout -> Dense1 sigmoid (fastText-style "
                             "bag of bigrams; the stronger IMDB model)",
-                optimizer="adam", learning_rate=3e-3, epochs=12, batch_size=128,
-                vocab_size=60_000, max_length=800, ngrams=2, early_stopping_patience=2,
+                optimizer="adam", learning_rate=3e-3, epochs=40, batch_size=128,
+                vocab_size=60_000, max_length=800, ngrams=2, early_stopping_patience=4,
                 monitor="val_accuracy")
 def imdb_bigram(inputs: ModelInputs, options: ModelOptions):
     """The stronger IMDB model: the lecture model's averaged embeddings, fed words *and* word
