@@ -332,8 +332,13 @@ def update_report(root, task: str, model: str, rows: list[dict], data_source: st
             report["models"] = previous.get("models", {})
     # Rows of an earlier run of this model stay unless this run measured the same variant
     # again (so a recipe with one extra step adds a row instead of dropping the others).
-    merged = {r["variant"]: r for r in report["models"].get(model, [])}
-    merged.update({r["variant"]: r for r in rows})
+    # A failed step is keyed by the variant it would have written, so that a later success
+    # replaces the failure and a later failure replaces the earlier success's row.
+    def key(row):
+        return row.get("would_be") or row["variant"]
+
+    merged = {key(r): r for r in report["models"].get(model, [])}
+    merged.update({key(r): r for r in rows})
     report["models"][model] = list(merged.values())
     return report
 

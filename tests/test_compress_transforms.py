@@ -210,3 +210,19 @@ def test_select_variant_pins_a_variant_for_serve(tmp_path, capsys):
     assert main(["select", "--task", "sign_mnist", "--artifacts", str(tmp_path),
                  "--variant", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_report_rows_of_a_rerun_replace_the_earlier_outcome_of_the_same_step(tmp_path):
+    from compress import pipeline
+
+    ok = {"variant": "m-int8", "technique": "onnx_static", "status": "ok", "test_accuracy": 0.9}
+    failed = {"variant": "int8", "technique": "onnx_static", "would_be": "m-int8",
+              "status": "failed: parity"}
+    base = {"variant": "m", "technique": "train", "status": "ok", "test_accuracy": 0.9}
+    first = pipeline.update_report(tmp_path, "t", "m", [base, failed], "d")
+    pipeline.save_report(tmp_path, "t", first)
+    report = pipeline.update_report(tmp_path, "t", "m", [base, ok], "d")
+    assert [r["status"] for r in report["models"]["m"]] == ["ok", "ok"]  # the failure is gone
+    pipeline.save_report(tmp_path, "t", report)
+    report = pipeline.update_report(tmp_path, "t", "m", [base, failed], "d")
+    assert [r["status"] for r in report["models"]["m"]] == ["ok", "failed: parity"]
