@@ -68,8 +68,13 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
         await repo.close()
         log.info("server stopped: queued requests answered")
 
+    # FastAPI's native OpenTelemetry asks the global providers on every request whether it is
+    # enabled (a few us with none configured). Off unless asked for (SERVE_OPENTELEMETRY=true);
+    # /metrics covers the basics.
+    otel = settings.opentelemetry
     app = FastAPI(title="tinyship serve", version=SERVER_VERSION, lifespan=lifespan,
-                  description=docs.DESCRIPTION, openapi_tags=docs.TAGS)
+                  description=docs.DESCRIPTION, openapi_tags=docs.TAGS,
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
     app.state.settings, app.state.repository, app.state.metrics = settings, repo, metrics
 
     @app.exception_handler(ServeError)
@@ -233,7 +238,7 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
                            expose_headers=["X-Request-ID", "Inference-Header-Content-Length"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics, known_models=repo.models,
                        api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       access_log=settings.access_log)
+                       access_log=settings.access_log, activity=repo.activity)
     return app
 
 

@@ -14,6 +14,12 @@ batcher per model; its work runs as plain event-loop callbacks (no task, no extr
   than one request was collected (concurrent load) does the flush wait further turns for new
   arrivals, stopping when the batch is full, when turns bring nothing new, or at
   `max_queue_delay_us`;
+- no batcher at all while one client has the server to itself (`ClientActivity.alone()`:
+  every request of the last 50 ms came from the same connection) and nothing is queued: the
+  request runs inline, without the future and its two event-loop turns, which at concurrency 1
+  cost a 9 us MLP 8% of its throughput (2,738 vs 2,987 req/s over HTTP). Counting requests in
+  flight does not work for this: uvicorn starts each ready request's task only after the
+  previous one yields, so under load every request would look alone and none would batch;
 - it runs the model once, slices the outputs back in order and resolves each future with
   exactly its own rows.
 
@@ -36,6 +42,28 @@ from serve.errors import Overloaded, ServeError
 IDLE_TURNS_BEFORE_RUN = 2
 
 
+class ClientActivity:
+    """Whether more than one client has sent requests lately (the request middleware reports
+    each request's client address; the batchers ask `alone()`).
+
+    A request from another client than the previous one, or from an unknown one, marks the
+    server shared for `window_s`; requests over one keep-alive connection come one after
+    another, so while they are all there is, nothing can join a batch."""
+
+    def __init__(self, window_s: float = 0.05):
+        self.window_s = window_s
+        self._last = None
+        self._shared_until = 0.0
+
+    def saw(self, client, now: float) -> None:
+        if client is None or client != self._last:
+            self._shared_until = now + self.window_s
+        self._last = client
+
+    def alone(self, now: float | None = None) -> bool:
+        return (time.perf_counter() if now is None else now) > self._shared_until
+
+
 class _Request(NamedTuple):
     rows: np.ndarray
     future: asyncio.Future
@@ -53,13 +81,15 @@ class BatchResult(NamedTuple):
 class DynamicBatcher:
     def __init__(self, name: str, run_batch: Callable[[np.ndarray], np.ndarray], *,
                  max_batch_size: int, max_queue_delay_us: int, max_queue_size: int,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None,
+                 alone: Callable[[], bool] | None = None):
         self.name = name
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch  # metrics hook: (rows, inference seconds)
+        self.alone = alone        # True while one client has the server to itself
         self._queue: collections.deque[_Request] = collections.deque()
         self._forming: list[_Request] = []  # the batch being collected
         self._rows = 0
@@ -78,6 +108,9 @@ class DynamicBatcher:
         if len(self._queue) >= self.max_queue_size:
             raise Overloaded(f"model {self.name!r} has {len(self._queue)} requests queued "
                              f"(max_queue_size {self.max_queue_size}); retry shortly")
+        if (self.alone is not None and not self._queue and not self._forming
+                and not self._flush_scheduled and self.alone()):
+            return self._run_alone(rows)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append(_Request(rows, future, time.perf_counter()))
@@ -86,6 +119,14 @@ class DynamicBatcher:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await future
+
+    def _run_alone(self, rows: np.ndarray) -> BatchResult:
+        start = time.perf_counter()
+        outputs = self.run_batch(rows)  # a ServeError goes straight to this request's caller
+        infer = time.perf_counter() - start
+        if self.on_batch is not None:
+            self.on_batch(len(rows), infer)
+        return BatchResult(outputs, 0.0, len(rows), infer)
 
     async def close(self) -> None:
         """Stop taking requests and wait until every queued one is answered."""

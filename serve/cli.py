@@ -30,6 +30,7 @@ HELP = {
     "cors_origins": "comma-separated browser origins allowed to call the API",
     "access_log": "log one JSON line per request (true/false)",
     "fast_path": "answer JSON /v1/classify in plain ASGI, past FastAPI's router (true/false)",
+    "opentelemetry": "FastAPI's native OpenTelemetry through the global providers (true/false)",
     "log_level": "debug, info, warning or error",
     "graceful_timeout_s": "seconds to finish in-flight requests after SIGTERM",
 }

@@ -63,6 +63,7 @@ class ServerMetrics:
         self.batch_size = _LabelledHistograms(BATCH_BUCKETS)       # (model,)
         self.model_states: dict[str, str] = {}
         self.queue_depth_source = None  # callable -> {model: depth}, set by the app
+        self.in_flight = 0  # HTTP requests between the request middleware's entry and exit
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -109,6 +110,10 @@ class ServerMetrics:
         for model, n in (self.queue_depth_source() if self.queue_depth_source else {}).items():
             depth.add_metric([model], n)
         yield depth
+        in_flight = GaugeMetricFamily("tinyship_requests_in_flight",
+                                      "HTTP requests being handled (this scrape included)")
+        in_flight.add_metric([], self.in_flight)
+        yield in_flight
         states = GaugeMetricFamily("tinyship_model_state", "1 for the state each model is in "
                                    "(loading, ready, failed)", labels=["model", "state"])
         for model, current in sorted(self.model_states.items()):

@@ -26,9 +26,10 @@ MAX_REQUEST_ID = 128
 
 class RequestContextMiddleware:
     def __init__(self, app, *, metrics: ServerMetrics, known_models, api_key: str = "",
-                 max_body_bytes: int, access_log: bool = False):
+                 max_body_bytes: int, access_log: bool = False, activity=None):
         self.app = app
         self.metrics = metrics
+        self.activity = activity  # serve.batching.ClientActivity: who sends requests lately
         self.known_models = frozenset(known_models)
         self.expected_auth = f"Bearer {api_key}".encode() if api_key else None
         self.max_body_bytes = max_body_bytes
@@ -60,6 +61,9 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        self.metrics.in_flight += 1
+        if self.activity is not None:
+            self.activity.saw(scope.get("client"), start)
         try:
             error = self._refuse(scope, auth, length)
             if error is not None:
@@ -67,6 +71,7 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
         finally:
+            self.metrics.in_flight -= 1
             self._record(scope, status, time.perf_counter() - start, rid)
             request_id.reset(token)
 

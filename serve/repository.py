@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from serve.batching import DynamicBatcher
+from serve.batching import ClientActivity, DynamicBatcher
 from serve.errors import UnknownModel
 from serve.metrics import ServerMetrics
 from serve.model import ServedModel
@@ -24,9 +24,12 @@ log = logging.getLogger("serve.repository")
 
 
 class ModelRepository:
-    def __init__(self, settings: Settings, metrics: ServerMetrics, tasks=SERVED_TASKS):
+    def __init__(self, settings: Settings, metrics: ServerMetrics, tasks=SERVED_TASKS,
+                 activity: ClientActivity | None = None):
         self.settings = settings
         self.metrics = metrics
+        # Who has sent requests lately; the request middleware feeds it (see serve.batching).
+        self.activity = activity or ClientActivity()
         warmup = (1, settings.max_batch_size) if settings.batching else (1,)
         self.models = {t: ServedModel(t, settings.artifacts, settings.providers,
                                       settings.session_threads, warmup) for t in tasks}
@@ -57,7 +60,7 @@ class ModelRepository:
                     name, model.predict, max_batch_size=self.settings.max_batch_size,
                     max_queue_delay_us=self.settings.max_queue_delay_us,
                     max_queue_size=self.settings.max_queue_size,
-                    on_batch=self.metrics.batch_observer(name))
+                    on_batch=self.metrics.batch_observer(name), alone=self.activity.alone)
                 self.batchers[name] = batcher
         self.loading_done = True
         failed = {n: m.error for n, m in self.models.items() if m.error}

@@ -35,6 +35,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()     # browser origins allowed to call the API
     access_log: bool = False         # one JSON line per request (costs ~10% throughput)
     fast_path: bool = True           # JSON /v1/classify in plain ASGI, past FastAPI's router
+    opentelemetry: bool = False      # FastAPI's native OpenTelemetry (global providers)
     log_level: str = "info"
     graceful_timeout_s: int = 20     # on SIGTERM: stop accepting, finish in-flight, then exit
 

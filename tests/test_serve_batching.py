@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serve.app import create_app
-from serve.batching import DynamicBatcher
+from serve.batching import ClientActivity, DynamicBatcher
 from serve.errors import Overloaded
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
@@ -64,6 +64,39 @@ def test_a_lone_request_runs_at_once_without_waiting_for_the_delay():
 
     assert asyncio.run(main()) < 0.5
     assert model.batches == [1] * 5
+
+
+def test_a_client_alone_runs_inline_and_a_second_client_brings_batching_back():
+    activity = ClientActivity(window_s=0.05)
+    a, b = ("10.0.0.1", 5000), ("10.0.0.2", 6000)
+    activity.saw(a, 0.0)
+    assert not activity.alone(0.01)  # the first request: who else is there is not known yet
+    activity.saw(a, 1.0)
+    assert activity.alone(1.0)       # the same connection, one request after another
+    activity.saw(b, 1.1)
+    assert not activity.alone(1.1)   # another client: batching for the next 50 ms
+    assert activity.alone(1.2)
+    activity.saw(None, 2.0)          # an unknown client never counts as alone
+    assert not activity.alone(2.01)
+
+    model = RecordingModel()
+    observed = []
+    alone = [True]
+
+    async def main():
+        b = batcher(model, on_batch=lambda rows, s: observed.append(rows),
+                    alone=lambda: alone[0])
+        inline = await b.submit(np.full((2, 2), 7, np.float32))
+        alone[0] = False
+        merged = await asyncio.gather(*(b.submit(np.full((1, 2), i, np.float32))
+                                        for i in range(4)))
+        return inline, merged
+
+    inline, merged = asyncio.run(main())
+    assert inline.queue_seconds == 0.0 and inline.batch_rows == 2
+    np.testing.assert_array_equal(inline.outputs, np.full((2, 2), 70, np.float32))
+    assert [r.batch_rows for r in merged] == [4] * 4  # not alone: merged as before
+    assert model.batches == [2, 4] and observed == [2, 4]  # both reach the metrics
 
 
 def test_a_request_larger_than_max_batch_runs_alone_unsplit():
