@@ -79,6 +79,15 @@ def _data_signature(task_info: dict) -> dict:
 Remeasure = Callable[[dict, dict], float]
 
 
+def _second_look(remeasure: Remeasure, row: dict, base_row: dict) -> tuple[float | None, str]:
+    """(the row's speedup_best measured again, "") or (None, why that failed): a failure to
+    re-measure never decides a row by itself, the caller keeps what it had."""
+    try:
+        return remeasure(row, base_row), ""
+    except Exception as e:  # noqa: BLE001  any runner/artifact error: report it, go on
+        return None, f"re-measuring failed ({type(e).__name__}: {e})"
+
+
 def _speed_ratios(row: dict) -> dict:
     ratios = row.get("ratios") or {}
     return {k: v for k, v in ratios.items() if k in SPEED_KEYS}
@@ -101,14 +110,13 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
             ratios = _speed_ratios(row)
             base_row = by_key.get(f"{row['task']}/{row['baseline']}")
             if remeasure is not None and base_row is not None and "speedup_best" in ratios:
-                try:
-                    again = remeasure(row, base_row)
+                again, why = _second_look(remeasure, row, base_row)
+                if again is None:  # the run's own value is still a baseline
+                    progress(f"{_row_key(row)}: {why}; keeping the run's value")
+                else:
                     progress(f"{_row_key(row)}: speedup_best {ratios['speedup_best']:.2f}x, "
                              f"re-measured {again:.2f}x")
                     ratios["speedup_best"] = min(ratios["speedup_best"], again)
-                except Exception as e:  # noqa: BLE001  the run's own value is still a baseline
-                    progress(f"{_row_key(row)}: re-measuring failed ({type(e).__name__}: {e}); "
-                             "keeping the run's value")
             entry.update({k: round(v, 4) for k, v in ratios.items()})
         rows[_row_key(row)] = entry
     return {
@@ -141,7 +149,8 @@ class CheckResult:
     new_rows: list[str] = field(default_factory=list)
     not_judged: list[str] = field(default_factory=list)  # speed too noisy in this run to judge
     not_produced: list[str] = field(default_factory=list)  # compress rejected it in this run
-    remeasured: list[str] = field(default_factory=list)  # failed first, within budget when re-measured
+    # failed or too noisy at first, then judged on a second measurement
+    remeasured: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -243,13 +252,13 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
         remeasured = False
         if noisy and remeasure is not None and base_row is not None:
             # The run's rounds disagreed: judge the row on a second, interleaved measurement.
-            try:
-                current = {"speedup_best": remeasure(row, base_row)}
-                remeasured = True
+            again, why = _second_look(remeasure, row, base_row)
+            if again is None:  # then it is simply not judged
+                noisy += f"; {why}"
+            else:
+                current, remeasured = {"speedup_best": again}, True
                 result.remeasured.append(f"{key}: first measurement too noisy ({noisy}); "
-                                         f"re-measured {current['speedup_best']:.2f}x")
-            except Exception as e:  # noqa: BLE001  then it is simply not judged
-                noisy += f"; re-measuring failed ({type(e).__name__}: {e})"
+                                         f"re-measured {again:.2f}x")
         if noisy and not remeasured:
             result.not_judged.append(f"{key}: speed not judged, {noisy}")
             current = {}
@@ -268,10 +277,9 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
                        f"({100 * (value / base_value - 1):+.0f}%, allowed -{100 * tolerance:.0f}%)")
             if (remeasure is not None and base_row is not None and name == "speedup_best"
                     and not remeasured):
-                try:
-                    again = remeasure(row, base_row)
-                except Exception as e:  # noqa: BLE001  the first measurement's failure stands
-                    problems.append(f"{message}; re-measuring failed ({type(e).__name__}: {e})")
+                again, why = _second_look(remeasure, row, base_row)
+                if again is None:  # the first measurement's failure stands
+                    problems.append(f"{message}; {why}")
                     continue
                 if again >= floor:
                     result.remeasured.append(f"{key}: {message}; re-measured {again:.2f}x, "

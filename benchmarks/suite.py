@@ -15,6 +15,7 @@ renders it. Thread counts are set explicitly (default 1) and recorded per row.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import sys
@@ -256,6 +257,13 @@ def add_ratios(rows: list[dict], roots: dict[tuple[str, str], str]) -> None:
         row["ratios"] = ratios
 
 
+@functools.lru_cache(maxsize=8)
+def _latency_examples(task: str, data_dir: str | None, n: int) -> np.ndarray:
+    """The first `n` raw test inputs of a task, loaded once per check (re-measuring the baseline
+    visits about 130 rows; the full IMDB test split takes a second to read)."""
+    return datasets.load(get_task(task).dataset, "test", data_dir=data_dir).x[:n]
+
+
 def remeasure_speedup(bench: dict, row: dict, base_row: dict, *, rounds: int = 5,
                       budget_s: float = 0.2, progress: Callable[[str], None] = _log) -> float:
     """Measure `row`'s runtime and its Keras baseline again and return speedup_best (baseline
@@ -270,8 +278,7 @@ def remeasure_speedup(bench: dict, row: dict, base_row: dict, *, rounds: int = 5
     n_inputs = int(settings.get("latency_inputs") or 64)
     variant = load_variant(row["variant_dir"])
     base = load_variant(base_row["variant_dir"])
-    ds = datasets.load(get_task(row["task"]).dataset, "test", data_dir=settings.get("data_dir"))
-    x_raw = ds.x[:n_inputs]
+    x_raw = _latency_examples(row["task"], settings.get("data_dir"), n_inputs)
     progress(f"re-measuring {row['task']}/{row['variant']} {row['runtime']} against "
              f"{base.name} keras ({rounds} alternating rounds)")
     best = {"row": float("inf"), "base": float("inf")}
