@@ -22,12 +22,12 @@ import orjson
 
 from serve import dataplane
 from serve.errors import ServeError, http_status
+from serve.middleware import send_json
 
 log = logging.getLogger("serve.app")
 
 PREFIX = "/v1/classify/"
 ROUTE_PATH = "/v1/classify/{task}"  # the FastAPI route this stands in for (metrics label)
-JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class _Route(NamedTuple):
@@ -67,7 +67,7 @@ class ClassifyFastPath:
         if not task or "/" in task or self._is_multipart(scope):
             return await self.app(scope, receive, send)  # FastAPI: 404, 405 or the upload form
         scope["route"], scope["path_params"] = _ROUTE, {"task": task}
-        status, headers = 200, JSON_HEADERS
+        status, headers = 200, None
         try:
             body = await self._read_body(receive)
             if body is None:
@@ -76,16 +76,13 @@ class ClassifyFastPath:
                                    keep_blank_values=True))
             payload = await classify_json(self.repo, task, query, body)
         except ServeError as e:
-            status, payload = http_status(e), orjson.dumps(e.as_dict())
-            headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+            status, payload, headers = http_status(e), orjson.dumps(e.as_dict()), e.headers
         except Exception as e:  # noqa: BLE001  the app boundary, as in serve.app
             log.exception("unhandled error on POST %s", scope["path"])
             status = 500
             payload = orjson.dumps({"error": f"internal error ({type(e).__name__})",
                                     "code": "internal"})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, payload, headers)
 
     @staticmethod
     def _is_multipart(scope) -> bool:

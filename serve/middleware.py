@@ -24,6 +24,14 @@ PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/docs", "
 MAX_REQUEST_ID = 128
 
 
+async def send_json(send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """A whole JSON response in plain ASGI (this middleware's refusals, serve.fastpath)."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
     def __init__(self, app, *, metrics: ServerMetrics, known_models, api_key: str = "",
                  max_body_bytes: int, access_log: bool = False, activity=None):
@@ -113,13 +121,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _send_error(send, error: ServeError) -> None:
-        body = orjson.dumps(error.as_dict())
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        await send({"type": "http.response.start", "status": http_status(error),
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, http_status(error), orjson.dumps(error.as_dict()), error.headers)
 
     def _record(self, scope, status: int, seconds: float, rid: str) -> None:
         route = scope.get("route")
