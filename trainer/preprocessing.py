@@ -172,8 +172,6 @@ class TextTokenizer:
 
     def encode_one(self, text: str) -> list[int]:
         oov, index = self.OOV_ID, self._index
-        if self.ngrams == 1:  # the common case without building n-grams past max_length
-            return [index.get(w, oov) for w in tokenize_words(text)[: self.max_length]]
         return [index.get(w, oov) for w in self.tokens(text)[: self.max_length]]
 
     def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
