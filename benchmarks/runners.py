@@ -10,7 +10,7 @@ Runtimes (the `RUNTIMES` table; support grows by a row, not an elif):
               `tf.function` with a dynamic batch dimension (not `model.predict`, whose per-call
               setup costs milliseconds and would swamp a batch-1 latency);
   - "litert": `model.tflite` through ai-edge-litert's Interpreter, `num_threads` set;
-  - "onnx":   `model.onnx` through `trainer.runtime.make_session(..., strict=True)`, so a
+  - "onnx":   `model.onnx` through `trainer.runtime.variant_session(..., strict=True)`, so a
               provider that cannot run here is an error listing the usable ones, never a silent
               CPU run. On CUDA the runner can also bind inputs/outputs on the device (IO binding)
               to time the model without host<->device copies, optionally replaying a CUDA graph.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.artifacts import ArtifactError, Variant, load_variant
-from trainer.runtime import ProviderUnavailableError, make_session, provider_name
+from trainer.runtime import ProviderUnavailableError, provider_name, variant_session
 
 __all__ = ["Runner", "OnnxRunner", "LiteRTRunner", "KerasRunner", "RUNTIMES", "MODEL_FILES",
            "open_runner", "runtimes_for", "RunnerError", "ProviderUnavailableError", "ArtifactError"]
@@ -115,8 +115,8 @@ class OnnxRunner(Runner):
         if cuda_graph and wanted[0] != "CUDAExecutionProvider":
             raise RunnerError(f"cuda_graph needs the CUDA provider first, got {wanted[0]}")
         options = {"cuda": {"enable_cuda_graph": "1"}} if cuda_graph else None
-        self.session = make_session(self.model_file, providers=wanted, threads=self.threads,
-                                    strict=True, provider_options=options)
+        self.session = variant_session(variant, providers=wanted, threads=self.threads,
+                                       strict=True, provider_options=options)
         # make_session(strict=True) already refused a fallback; record what really runs.
         self.provider_full = self.session.get_providers()[0]
         self.provider = self.provider_full.replace("ExecutionProvider", "").lower()

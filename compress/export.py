@@ -95,10 +95,13 @@ def export_onnx(model, path: str | Path, opset: int = ONNX_OPSET) -> dict:
             "opset": opset}
 
 
-def run_onnx(path: str | Path, x: np.ndarray, batch: int = 512) -> np.ndarray:
+def run_onnx(path: str | Path, x: np.ndarray, batch: int = 512,
+             onnxruntime_options: dict | None = None) -> np.ndarray:
+    """Outputs of an ONNX model on CPU; `onnxruntime_options`: a manifest's runtime settings
+    (trainer.runtime.variant_session), for a model not yet in a variant."""
     from trainer.runtime import make_session
 
-    sess = make_session(path, providers=("cpu",))
+    sess = make_session(path, providers=("cpu",), **(onnxruntime_options or {}))
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
                            for i in range(0, len(x), batch)])

@@ -63,8 +63,10 @@ def served_file(directory: Path) -> str | None:
     return None
 
 
-def predict_file(path: Path, x: np.ndarray) -> np.ndarray:
-    return run_onnx(path, x) if path.suffix == ".onnx" else run_tflite(path, x)
+def predict_file(path: Path, x: np.ndarray, onnxruntime_options: dict | None = None) -> np.ndarray:
+    if path.suffix == ".onnx":
+        return run_onnx(path, x, onnxruntime_options=onnxruntime_options)
+    return run_tflite(path, x)
 
 
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
@@ -137,7 +139,8 @@ def measure_base(run: Run) -> dict:
     name = served_file(base.path)
     if name is None:
         raise ArtifactError(f"{base.path}: the trained variant has neither model.onnx nor model.tflite")
-    acc = accuracy(predict_file(base.path / name, run.data.test_x), run.data.test_y)
+    acc = accuracy(predict_file(base.path / name, run.data.test_x, base.onnxruntime_options),
+                   run.data.test_y)
     prof = profile.keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
         {"metrics": {}, "details": {}}
     metrics = {**prof["metrics"], **profile.file_sizes(base.path),
@@ -188,6 +191,8 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
         seed_tensorflow(STEP_SEED)
         outcome = technique.apply(inputs, step.params, out_dir)
         v.manifest["lineage"]["params"]["plan"] = outcome.plan
+        if outcome.onnxruntime_options:
+            v.manifest["runtime"] = {"onnxruntime": outcome.onnxruntime_options}
         parity = []
         if outcome.keras_model is not None and not outcome.quantized_files:
             from compress.export import export_float
@@ -201,11 +206,12 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
                 parity.append(saved.pop("parity"))
                 v.manifest["extra"]["saved_model"] = saved
         if outcome.quantized_files:
-            parity = _check_quantized(run, outcome, out_dir)
+            parity = _check_quantized(run, outcome, out_dir, parent)
         if outcome.keras_model is not None and outcome.save_keras:
             outcome.keras_model.save(out_dir / "model.keras")
         served = served_file(out_dir)
-        acc = accuracy(predict_file(out_dir / served, run.data.test_x), run.data.test_y)
+        acc = accuracy(predict_file(out_dir / served, run.data.test_x,
+                                    outcome.onnxruntime_options), run.data.test_y)
         if outcome.keras_model is not None and outcome.save_keras:
             prof = profile.keras_profile(outcome.keras_model)
         else:
@@ -224,15 +230,17 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
         variant, metrics=measure_latency(variant, run.data.test_x[:LATENCY_EXAMPLES]))
 
 
-def _check_quantized(run: Run, outcome, out_dir: Path) -> list[dict]:
+def _check_quantized(run: Run, outcome, out_dir: Path, parent: Variant) -> list[dict]:
     if outcome.reference_model is not None:
         reference = outcome.reference_model.predict(run.parity_x, batch_size=512, verbose=0)
     else:
-        reference = run_onnx(outcome.reference_onnx, run.parity_x)
+        # reference_onnx is the parent's model.onnx: run it with the parent's settings.
+        reference = run_onnx(outcome.reference_onnx, run.parity_x,
+                             onnxruntime_options=parent.onnxruntime_options)
     reports = []
     for name in outcome.quantized_files:
         runtime = "onnxruntime" if name.endswith(".onnx") else "litert"
-        candidate = predict_file(out_dir / name, run.parity_x)
+        candidate = predict_file(out_dir / name, run.parity_x, outcome.onnxruntime_options)
         reports.append(check_parity(reference, candidate, f"{runtime} ({name})",
                                     quantized=True).as_dict())
     return reports

@@ -154,22 +154,48 @@ def onnx_dynamic_int8(src: Path, dst: Path, per_channel: bool = False) -> None:
                          weight_type=QuantType.QInt8)
 
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def first_layer_nodes(graph) -> list[str]:
+    """Names of the nodes from the first convolution up to (not including) the next weighted
+    node: the input stage `float_first_layer` keeps in float. ONNX graphs list nodes in
+    topological order. NotApplicableError when the first weighted node is not a Conv: int8
+    MatMuls (MLPs, text models) are fast in ONNX Runtime, so keeping one in float only costs."""
+    from compress.errors import NotApplicableError
+
+    nodes = list(graph.node)
+    weighted = [i for i, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS]
+    if not weighted or nodes[weighted[0]].op_type != "Conv":
+        first = nodes[weighted[0]].op_type if weighted else "none"
+        raise NotApplicableError(
+            f"float_first_layer keeps a first convolution in float; this graph's first "
+            f"weighted node is {first}, whose int8 kernel is already fast")
+    end = weighted[1] if len(weighted) > 1 else len(nodes)
+    return [n.name for n in nodes[weighted[0]:end]]
+
+
 def onnx_static_int8(src: Path, dst: Path, calibration_x: np.ndarray, method: str,
-                     per_channel: bool, input_name: str) -> None:
+                     per_channel: bool, input_name: str,
+                     float_first_layer: bool = False) -> list[str]:
+    """Static QDQ int8; returns the names of the nodes kept in float (float_first_layer)."""
     import tempfile
 
+    import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    # uint8 activations with int8 weights (U8S8) is ORT's fast path on x86 CPUs.
     with tempfile.TemporaryDirectory() as work:
-        quantize_static(_preprocessed(src, work), str(dst),
-                        _calibration_reader(input_name, calibration_x),
+        prepared = _preprocessed(src, work)
+        kept_float = first_layer_nodes(onnx.load(prepared).graph) if float_first_layer else []
+        # uint8 activations with int8 weights (U8S8) is ORT's fast path on x86 CPUs.
+        quantize_static(prepared, str(dst), _calibration_reader(input_name, calibration_x),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        calibrate_method=methods[method], nodes_to_exclude=kept_float)
+    return kept_float
 
 
 def onnx_float16(src: Path, dst: Path) -> None:

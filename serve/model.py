@@ -19,7 +19,7 @@ import numpy as np
 
 from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
 from trainer.artifacts import ArtifactError, Variant, selected_variant
-from trainer.runtime import make_session
+from trainer.runtime import variant_session
 
 log = logging.getLogger("serve.model")
 
@@ -115,8 +115,7 @@ class ServedModel:
         variant = selected_variant(self.artifacts, self.name, verify=True)
         manifest = variant.manifest
         preprocess = variant.preprocessor()
-        session = make_session(variant.file("model.onnx"), providers=self.providers,
-                               threads=self.threads)
+        session = variant_session(variant, providers=self.providers, threads=self.threads)
         onnx_inputs = {i.name: i for i in session.get_inputs()}
         input_name = manifest["input"]["name"]
         if input_name not in onnx_inputs:

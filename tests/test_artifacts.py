@@ -104,3 +104,19 @@ def test_invalid_names_and_lineage(tmp_path):
         _make(tmp_path, variant="../escape")
     with pytest.raises(A.ArtifactError, match="lineage must have 'technique'"):
         _make(tmp_path, lineage={"parent": None})
+
+
+def test_runtime_settings_in_the_manifest_reach_every_onnx_session(tmp_path):
+    from dataclasses import replace
+
+    from trainer.runtime import variant_session
+
+    plain = _make(tmp_path)
+    assert plain.onnxruntime_options == {}
+    settings = {"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}}
+    tuned = replace(plain, manifest={**plain.manifest, "runtime": settings})
+    assert tuned.onnxruntime_options == {"disabled_optimizers": ["QDQPropagationTransformer"]}
+    typo = replace(plain, manifest={**plain.manifest,
+                                    "runtime": {"onnxruntime": {"disable_optimizers": []}}})
+    with pytest.raises(A.ArtifactError, match="unknown onnxruntime setting.*disable_optimizers"):
+        variant_session(typo)

@@ -32,6 +32,7 @@ RECIPE = {
         {"technique": "qat"},
         {"technique": "tflite", "params": {"mode": "dynamic"}},
         {"technique": "onnx_static", "params": {"calibration": "percentile"}},
+        {"technique": "onnx_static", "params": {"float_first_layer": True}},
         {"technique": "onnx_dynamic"},
         {"technique": "onnx_fp16", "from": "narrow"},
         # Impossible on purpose: every layer skipped, so TFMOT has nothing it may prune.
@@ -89,6 +90,7 @@ EXPECTED = {  # variant -> (parent, technique, files it must carry)
     "tiny_cnn-tflite-dynamic": ("tiny_cnn", "tflite", {"model.tflite"}),
     "tiny_cnn-onnx-qdq-int8-percentile-pc": ("tiny_cnn", "onnx_static", {"model.onnx"}),
     "tiny_cnn-onnx-dyn-int8-pc": ("tiny_cnn", "onnx_dynamic", {"model.onnx"}),
+    "tiny_cnn-onnx-qdq-int8-minmax-pc-float-first": ("tiny_cnn", "onnx_static", {"model.onnx"}),
     "tiny_cnn-channels-0.5-onnx-fp16": ("tiny_cnn-channels-0.5", "onnx_fp16", {"model.onnx"}),
 }
 
@@ -128,6 +130,29 @@ def test_structural_variants_are_smaller(rows):
     assert rows["tiny_cnn-separable"]["macs"] < base["macs"]
     assert rows["tiny_cnn-lowrank-k4"]["params"] < base["params"]
     assert rows["tiny_cnn-onnx-dyn-int8-pc"]["onnx_bytes"] < base["onnx_bytes"] / 2
+
+
+@pytest.mark.slow
+def test_int8_with_a_float_first_layer_records_the_settings_it_runs_with(root, rows):
+    import onnx
+
+    from trainer.runtime import variant_session
+
+    variant = artifacts.find_variant(root, TASK, "tiny_cnn-onnx-qdq-int8-minmax-pc-float-first")
+    assert variant.onnxruntime_options == {"disabled_optimizers": ["QDQPropagationTransformer"]}
+    kept = variant.lineage["params"]["plan"]["float_nodes"]
+    assert "conv_a" in kept[0] and any("MaxPool" in name for name in kept)
+    graph = onnx.load(variant.file("model.onnx")).graph
+    weights = {i.name for i in graph.initializer}
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    first, second = [n for n in graph.node if n.op_type == "Conv"]
+    assert first.input[1] in weights                           # float weights
+    assert made_by[second.input[1]] == "DequantizeLinear"      # int8 weights
+    # The session every consumer opens gives the accuracy compress measured.
+    test = data.load(TASK, "test").subset(RECIPE["test_limit"])  # what compress measured on
+    session = variant_session(variant, providers=("cpu",))
+    predicted = session.run(None, {"input": ImagePreprocessor()(test.x)})[0].argmax(axis=1)
+    assert np.mean(predicted == test.y) == pytest.approx(variant.metrics["test_accuracy"])
 
 
 @pytest.mark.slow

@@ -226,3 +226,21 @@ def test_report_rows_of_a_rerun_replace_the_earlier_outcome_of_the_same_step(tmp
     pipeline.save_report(tmp_path, "t", report)
     report = pipeline.update_report(tmp_path, "t", "m", [base, failed], "d")
     assert [r["status"] for r in report["models"]["m"]] == ["ok", "failed: parity"]
+
+
+def _graph(*ops):
+    """A chain of ONNX nodes named after their ops (only order and op types matter here)."""
+    import onnx.helper as oh
+
+    nodes = [oh.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=f"{op}_{i}") for i, op in enumerate(ops)]
+    return oh.make_graph(nodes, "g", [], [])
+
+
+def test_float_first_layer_keeps_the_input_stage_up_to_the_next_weighted_node():
+    from compress.quantize import first_layer_nodes
+
+    graph = _graph("Transpose", "Conv", "Relu", "MaxPool", "Conv", "Relu", "MatMul")
+    assert first_layer_nodes(graph) == ["Conv_1", "Relu_2", "MaxPool_3"]
+    # int8 MatMuls are fast in ONNX Runtime: keeping an MLP's first layer float only costs.
+    with pytest.raises(NotApplicableError, match="first weighted node is MatMul"):
+        first_layer_nodes(_graph("Reshape", "MatMul", "Relu", "MatMul"))

@@ -15,6 +15,15 @@ def test_minmax_scaling_shapes_and_range():
     assert pre(np.stack([x, x])[..., None]).shape == (2, 28, 28, 1)
 
 
+def test_integer_float_and_bool_pixels_scale_alike():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (3, 28, 28))
+    as_float = ImagePreprocessor()(pixels.astype(np.float64))
+    for same in (pixels, pixels.astype(np.uint8), pixels.tolist()):
+        assert np.array_equal(ImagePreprocessor()(same), as_float)
+    assert ImagePreprocessor()(np.ones((28, 28), dtype=bool)).max() == np.float32(1 / 255)
+
+
 def test_standardize_uses_training_statistics():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
@@ -32,6 +41,8 @@ def test_standardize_uses_training_statistics():
     (np.full((28, 28), -1.0), "0..255"),
     (np.full((28, 28), np.nan), "NaN"),
     (np.array([["a"] * 28] * 28), "numbers"),
+    (np.full((28, 28), 1 + 2j), "numbers"),
+    (np.full((28, 28), 300, dtype=np.int64), "0..255"),
 ])
 def test_image_bad_input_is_explained(bad, match):
     with pytest.raises(PreprocessingError, match=match):

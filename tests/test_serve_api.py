@@ -20,7 +20,7 @@ from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
 from trainer.artifacts import selected_variant
-from trainer.runtime import make_session
+from trainer.runtime import variant_session
 from trainer.tasks import FASHION_LABELS, SIGN_LETTERS
 
 RNG = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def pixels(n=None):
 
 def reference_probs(artifacts, task, x):
     variant = selected_variant(artifacts, task)
-    session = make_session(variant.file("model.onnx"), providers=("cpu",))
+    session = variant_session(variant, providers=("cpu",))
     return session.run(None, {"input": variant.preprocessor()(x)})[0]
 
 

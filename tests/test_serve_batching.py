@@ -13,7 +13,7 @@ from serve.errors import Overloaded
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
 from trainer.artifacts import selected_variant
-from trainer.runtime import make_session
+from trainer.runtime import variant_session
 
 
 class RecordingModel:
@@ -148,7 +148,7 @@ def test_server_merges_concurrent_http_requests_and_matches_answers(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (48, 28, 28))
     variant = selected_variant(root, "fashion_mnist")
-    session = make_session(variant.file("model.onnx"), providers=("cpu",))
+    session = variant_session(variant, providers=("cpu",))
     expected = session.run(None, {"input": variant.preprocessor()(images)})[0].argmax(1)
 
     async def main():

@@ -22,7 +22,7 @@ from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
 from tests.conftest import REPO
 from trainer.artifacts import selected_variant
-from trainer.runtime import make_session
+from trainer.runtime import variant_session
 from trainer.tasks import FASHION_LABELS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -82,7 +82,7 @@ def test_tritonclient_metadata_and_inference_json_and_binary(server, artifacts):
     raw = rng.integers(0, 256, (3, 28, 28))
     variant = selected_variant(artifacts, "fashion_mnist")
     x = variant.preprocessor()(raw)
-    expected = make_session(variant.file("model.onnx"), providers=("cpu",)).run(
+    expected = variant_session(variant, providers=("cpu",)).run(
         None, {"input": x})[0]
     for binary in (False, True):
         inp = httpclient.InferInput("input", list(x.shape), "FP32")

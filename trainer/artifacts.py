@@ -28,6 +28,9 @@ Manifest (schema_version 1):
     metrics         {"test_accuracy": float, ...}
     files           {relative path: {"sha256": hex, "bytes": int}} for every file but the manifest
     extra           free-form details (recipe, per-layer sparsity, ...)
+    runtime         optional settings a runtime must use to run the model as it was measured,
+                    e.g. {"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}};
+                    every ONNX session is opened through trainer.runtime.variant_session
 
 Writes are atomic: a variant is assembled in a hidden temp directory beside its final
 place and renamed into place only when complete, so an interrupted write leaves nothing
@@ -136,6 +139,11 @@ class Variant:
     @property
     def lineage(self) -> dict:
         return dict(self.manifest["lineage"])
+
+    @property
+    def onnxruntime_options(self) -> dict:
+        """The manifest's ONNX Runtime settings for model.onnx ({} when it has none)."""
+        return dict(self.manifest.get("runtime", {}).get("onnxruntime", {}))
 
     def file(self, rel: str) -> Path:
         """Path of a file listed in the manifest; a clear error when it is not there."""

@@ -64,7 +64,8 @@ def usable_providers() -> tuple[str, ...]:
 
 def make_session(model: str | Path | bytes, providers=("cuda", "cpu"), threads: int | None = None,
                  strict: bool = False, graph_optimization: str = "all",
-                 provider_options: dict | None = None, **session_options):
+                 provider_options: dict | None = None, disabled_optimizers=(),
+                 **session_options):
     """An `onnxruntime.InferenceSession` on the first usable providers of `providers`.
 
     strict=True: every provider asked for must be usable and the session must really use
@@ -72,6 +73,8 @@ def make_session(model: str | Path | bytes, providers=("cuda", "cpu"), threads: 
     can never be a silent CPU run). threads: intra-op threads (None: ORT's default).
     provider_options: {alias or provider name: {option: value}}, e.g.
     {"cuda": {"enable_cuda_graph": "1"}} (benchmarks' CUDA-graph runs).
+    disabled_optimizers: ORT graph transformers to skip, by name (a variant's manifest can
+    ask for this; see `variant_session`).
     """
     import onnxruntime as ort
 
@@ -100,10 +103,35 @@ def make_session(model: str | Path | bytes, providers=("cuda", "cpu"), threads: 
         setattr(so, k, v)
     src = model if isinstance(model, bytes) else os.fspath(model)
     options_by_name = {provider_name(k): dict(v) for k, v in (provider_options or {}).items()}
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     session = ort.InferenceSession(src, sess_options=so, providers=chosen,
-                                   provider_options=[options_by_name.get(p, {}) for p in chosen])
+                                   provider_options=[options_by_name.get(p, {}) for p in chosen],
+                                   **extra)
     if strict and session.get_providers()[0] != chosen[0]:
         raise ProviderUnavailableError(
             f"session fell back to {session.get_providers()[0]} instead of {chosen[0]}"
         )
     return session
+
+
+# The runtime settings a manifest may carry, and the make_session argument each one becomes.
+VARIANT_ONNXRUNTIME_OPTIONS = ("disabled_optimizers",)
+
+
+def variant_session(variant, **kwargs):
+    """`make_session` for a variant's model.onnx with the runtime settings of its manifest.
+
+    Every consumer (serve, benchmarks, compress's accuracy and parity checks) opens variant
+    models through here, so a variant runs everywhere as it was measured. Example: a QDQ
+    model whose first layer is kept in float needs ORT's QDQPropagationTransformer off, or
+    ORT moves the first QuantizeLinear in front of the float MaxPool and runs that MaxPool
+    on uint8 in a slow NCHW kernel (54 us instead of 2 us per Fashion image).
+    """
+    from trainer.artifacts import ArtifactError
+
+    options = variant.onnxruntime_options
+    unknown = sorted(set(options) - set(VARIANT_ONNXRUNTIME_OPTIONS))
+    if unknown:
+        raise ArtifactError(f"{variant.path}: unknown onnxruntime setting(s) {unknown} in the "
+                         f"manifest; valid: {', '.join(VARIANT_ONNXRUNTIME_OPTIONS)}")
+    return make_session(variant.file("model.onnx"), **{**options, **kwargs})
