@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +70,71 @@ EXAMPLE_HINTS = {
              '{"image_base64": "<PNG/JPEG>"} or a multipart "file" upload',
     "text": '{"text": "<review>"} or {"texts": ["<review>", ...]}',
 }
+
+
+def friendly_json_inputs(model: ServedModel, body: bytes,
+                         invert: str = "auto") -> tuple[np.ndarray, bool]:
+    """A /v1/classify JSON body -> (model inputs, whether it was a single example)."""
+    if model.kind == "image":
+        pixels = whole_number_pixels(body, model.preprocess.size)
+        if pixels is not None:
+            return _preprocess(model, pixels), pixels.ndim == 2
+    return friendly_inputs(model, parse_json(body), invert)
+
+
+# The body nearly every image client sends: {"pixels": [[0,12,...],...]}, whole numbers, one
+# image or a batch. orjson + np.asarray build 784 Python ints per image and read them back
+# (27 us); numpy reads the numbers straight from the bytes in 16 us. This reader takes only
+# bodies that the general path reads to the very same array; for anything else (floats,
+# other keys, leading zeros, values over 255, other shapes, malformed JSON) it returns None
+# and the general path answers, with its error messages.
+_PIXELS_KEY = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"pixels"[ \t\n\r]*:')
+_DIGITS = b"0123456789"
+_JSON_WHITESPACE = b" \t\n\r"
+
+
+@functools.lru_cache(maxsize=4)
+def _image_skeleton(size: int) -> bytes:
+    """What is left of a size x size nested list without its numbers: [[,,...],[,,...],...]."""
+    row = b"[" + b"," * (size - 1) + b"]"
+    return b"[" + b",".join([row] * size) + b"]"
+
+
+def whole_number_pixels(body: bytes, size: int) -> np.ndarray | None:
+    """(size, size) or (N, size, size) int64 pixels from a `{"pixels": ...}` body of whole
+    numbers 0..255; None for any other body."""
+    key = _PIXELS_KEY.match(body)
+    end = body.rfind(b"}")
+    if key is None or end < 0 or body[end + 1:].strip(_JSON_WHITESPACE):
+        return None
+    text = body[key.end():end]
+    non_digits = text.translate(None, _DIGITS)
+    # Brackets and commas alone must be exactly one image's or a batch's. Any other character
+    # (quotes, dots, signs, letters) fails this too, as do ragged rows and stray commas.
+    skeleton = non_digits.translate(None, _JSON_WHITESPACE)
+    image = _image_skeleton(size)
+    if skeleton == image:
+        shape = (size, size)
+    else:
+        count = (len(skeleton) - 1) // (len(image) + 1)
+        if count < 1 or skeleton != b"[" + b",".join([image] * count) + b"]":
+            return None
+        shape = (count, size, size)
+    # numpy skips whitespace around commas and stops at whitespace inside a number ("1 2")
+    # or at an empty one ("1,,2"): a ValueError in numpy 2, a short array in numpy 1.
+    try:
+        values = np.fromstring(text.translate(None, b"[]"), dtype=np.int64, sep=",")
+    except ValueError:
+        return None
+    if values.size != size * size * (1 if len(shape) == 2 else shape[0]) or values.max() > 255:
+        return None
+    # JSON numbers have no leading zeros ("007" is invalid JSON): with every value in 0..255,
+    # the body must hold exactly the digits of the values written plainly.
+    plain_digits = (values.size + int(np.count_nonzero(values >= 10))
+                    + int(np.count_nonzero(values >= 100)))
+    if len(text) - len(non_digits) != plain_digits:
+        return None
+    return values.reshape(shape)
 
 
 def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tuple[np.ndarray, bool]:

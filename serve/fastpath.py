@@ -46,7 +46,7 @@ async def classify_json(repo, task: str, query, body: bytes) -> bytes:
     k, invert = dataplane.classify_params(query)
     model = repo.get(task)
     model.require_ready()
-    x, single = dataplane.friendly_inputs(model, dataplane.parse_json(body), invert)
+    x, single = dataplane.friendly_json_inputs(model, body, invert)
     raw, timing = await repo.infer(model, x)
     timing["total"] = round((time.perf_counter() - start) * 1e3, 3)
     return dataplane.classify_answer(model, model.probabilities(raw), k, single, timing)

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from serve import dataplane
 from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
@@ -306,6 +307,43 @@ def test_fast_path_and_fastapi_route_give_the_same_answers_and_errors(client, ar
         assert client.post("/v1/classify/fashion_mnist/extra", json={}).status_code == 404
     finally:
         slow.__exit__(None, None, None)
+
+
+def test_direct_pixel_reader_takes_only_what_the_general_path_reads_the_same():
+    image = np.random.default_rng(1).integers(0, 256, (28, 28))
+    image[0, :5] = [0, 9, 10, 99, 255]
+    batch = np.random.default_rng(2).integers(0, 256, (3, 28, 28))
+    compact = orjson.dumps({"pixels": image.tolist()})
+    taken = [compact, json.dumps({"pixels": image.tolist()}).encode(),  # ", " separators
+             json.dumps({"pixels": image.tolist()}, indent=2).encode(),
+             b" \r\n" + compact + b"\n", orjson.dumps({"pixels": batch.tolist()})]
+    for body in taken:
+        read = dataplane.whole_number_pixels(body, 28)
+        assert read is not None, body[:40]
+        assert np.array_equal(read, np.asarray(orjson.loads(body)["pixels"]))
+
+    def edited(old: bytes, new: bytes) -> bytes:
+        assert old in compact
+        return compact.replace(old, new, 1)
+
+    passed_on = [  # to the general path, which answers them or explains the error
+        orjson.dumps({"pixels": (image / 2).tolist()}),            # not whole numbers
+        orjson.dumps({"pixels": image.tolist(), "extra": 1}),      # another key
+        edited(b"[[0,9,", b"[[00,9,"),                             # leading zero: not JSON
+        edited(b"[[0,9,", b"[[0 9,"),                              # space inside a number
+        edited(b"[[0,9,", b"[[0,,"),                               # an empty number
+        edited(b",255,", b",256,"), edited(b",255,", b",-1,"),     # out of range
+        edited(b",99,", b",9e1,"), edited(b",99,", b",null,"),
+        compact[:-1], compact + b"x", compact.replace(b"}", b"]"),  # broken JSON
+        orjson.dumps({"pixels": image[:, :27].tolist()}),          # wrong sizes
+        orjson.dumps({"pixels": image[:27].tolist()}),
+        orjson.dumps({"pixels": [image.tolist(), image[:27].tolist()]}),
+        orjson.dumps({"pixels": [image.tolist()][:0]}),
+        orjson.dumps({"pixels": image[:, :, None].tolist()}),       # channel last: general path
+        b'{"pixels\\u0022":' + compact[10:],
+    ]
+    for body in passed_on:
+        assert dataplane.whole_number_pixels(body, 28) is None, body[:40]
 
 
 # -- operations ------------------------------------------------------------------------------
