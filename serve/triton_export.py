@@ -55,9 +55,15 @@ def triton_config(task: str, manifest: dict, output_name: str, max_batch_size: i
     width = 1 if manifest["output"].get("activation") == "sigmoid" else len(manifest["labels"])
     preferred = sorted({b for b in (max_batch_size // 4, max_batch_size // 2, max_batch_size)
                         if b >= 1})
+    # Triton's onnxruntime backend sets graph optimization levels, not single transformers.
+    runtime = manifest.get("runtime", {}).get("onnxruntime", {})
+    unsupported = "".join(
+        f"# Measured with ONNX Runtime {key}={value}, which Triton's onnxruntime backend cannot "
+        "set:\n# the answers are the same there, the speed may not be.\n"
+        for key, value in runtime.items())
     return f"""\
 # Written by `python -m serve export-triton` from variant {manifest['variant']!r}.
-name: "{task}"
+{unsupported}name: "{task}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
 input [

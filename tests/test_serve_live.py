@@ -126,6 +126,22 @@ def test_export_triton_writes_a_repository_triton_can_parse(artifacts, tmp_path)
     assert "kind: InferenceService" in (out / "kserve-inferenceservice.yaml").read_text()
 
 
+def test_triton_config_says_which_runtime_settings_triton_cannot_apply():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from serve.triton_export import triton_config
+
+    manifest = {"variant": "cnn-int8", "input": {"name": "input", "dtype": "float32",
+                                                 "shape": [None, 28, 28, 1]},
+                "output": {"activation": "softmax"}, "labels": list("abc"),
+                "runtime": {"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}}}
+    text = triton_config("fashion_mnist", manifest, "probs", 32, 500)
+    assert "disabled_optimizers=['QDQPropagationTransformer']" in text
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.name == "fashion_mnist" and list(config.output[0].dims) == [3]
+
+
 def test_cli_serves_and_shuts_down_gracefully(artifacts):
     port = free_port()
     env = {**os.environ, "SERVE_MAX_BATCH_SIZE": "8"}
