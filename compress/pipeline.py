@@ -273,18 +273,22 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
         started = time.perf_counter()
         try:
             variant = run_step(run, step, parent, parent_row)
-        except NotApplicableError as e:
-            rows.append({"variant": step.id, "model": model, "technique": step.technique,
-                         "parent": parent.name, "status": f"not applicable: {e}"})
-            log(f"  - {step.id}: not applicable ({e})")
-            continue
-        except (CompressError, ExportParityError, ArtifactError, ValueError) as e:
+        except (NotApplicableError, CompressError, ExportParityError, ArtifactError,
+                ValueError) as e:
             # `would_be` names the variant this step would have written, so that the CI gate
             # can tell "compress rejected it in this run" from "it went missing".
+            would_be = _step_variant_name(step, parent)
+            applicable = not isinstance(e, NotApplicableError)
             rows.append({"variant": step.id, "model": model, "technique": step.technique,
-                         "parent": parent.name, "would_be": _step_variant_name(step, parent),
-                         "status": f"failed: {e}"})
-            log(f"  ! {step.id}: FAILED: {e}")
+                         "parent": parent.name, "would_be": would_be,
+                         "status": f"failed: {e}" if applicable else f"not applicable: {e}"})
+            log(f"  ! {step.id}: FAILED: {e}" if applicable else
+                f"  - {step.id}: not applicable ({e})")
+            # A variant of that name from an earlier run derives from an earlier parent (the
+            # model was retrained, the recipe changed): left there, benchmarks would measure
+            # it and serve could select it as if this run had made it.
+            if artifacts.remove_variant(run.root, parent.task, would_be):
+                log(f"    removed {would_be} from an earlier run")
             continue
         row = _row(variant)
         row["data_source"] = run.data.source

@@ -120,3 +120,11 @@ def test_runtime_settings_in_the_manifest_reach_every_onnx_session(tmp_path):
                                     "runtime": {"onnxruntime": {"disable_optimizers": []}}})
     with pytest.raises(A.ArtifactError, match="unknown onnxruntime setting.*disable_optimizers"):
         variant_session(typo)
+
+
+def test_remove_variant_leaves_nothing_behind(tmp_path):
+    _make(tmp_path, variant="old")
+    assert A.remove_variant(tmp_path, "fashion_mnist", "old") is True
+    assert not (tmp_path / "fashion_mnist" / "old").exists()
+    assert list((tmp_path / "fashion_mnist").iterdir()) == []
+    assert A.remove_variant(tmp_path, "fashion_mnist", "old") is False

@@ -185,9 +185,18 @@ def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monk
     monkeypatch.setattr(pipeline, "check_parity", failing_parity)
     recipe = parse_recipe({"test_limit": 50, "train_limit": 50, "parity_size": 50,
                            "steps": [{"technique": "onnx_fp16", "id": "fp16-again"}]})
+    # What an earlier run (of an earlier tiny_cnn) left under the name this step would write.
+    base = artifacts.find_variant(root, TASK, MODEL)
+    with artifacts.create_variant(
+            root, task=TASK, model=MODEL, variant="tiny_cnn-onnx-fp16",
+            lineage={"parent": MODEL, "technique": "onnx_fp16"}, input=base.manifest["input"],
+            output=base.manifest["output"], preprocessing=base.manifest["preprocessing"],
+            labels=base.labels) as stale:
+        (stale.dir / "model.onnx").write_bytes(base.file("model.onnx").read_bytes())
+    lines = []
+    again = pipeline.run_model(root, TASK, MODEL, recipe, log=lines.append)
     assert not (root / TASK / "tiny_cnn-onnx-fp16").exists()
-    again = pipeline.run_model(root, TASK, MODEL, recipe, log=lambda *a: None)
-    assert not (root / TASK / "tiny_cnn-onnx-fp16").exists()
+    assert "removed tiny_cnn-onnx-fp16 from an earlier run" in "\n".join(lines)
     assert again[-1]["status"] == "failed: forced for the test"
     assert again[-1]["would_be"] == "tiny_cnn-onnx-fp16"  # what CI's gate looks up
     leftovers = [p.name for p in (root / TASK).iterdir() if p.name.startswith(".tmp")]

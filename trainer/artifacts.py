@@ -265,6 +265,18 @@ def _swap_into_place(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_variant(root: str | Path, task: str, variant: str) -> bool:
+    """Delete a variant if it exists (renamed aside first, so no reader ever sees half of it);
+    returns whether there was one."""
+    final = variant_dir(root, task, variant)
+    if not final.exists():
+        return False
+    gone = final.parent / f"{_TMP_PREFIX}removed-{final.name}.{uuid.uuid4().hex}"
+    os.rename(final, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    return True
+
+
 def read_manifest(path: str | Path) -> dict:
     """Parse and validate a manifest without checking file checksums."""
     mpath = Path(path) / MANIFEST
