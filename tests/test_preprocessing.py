@@ -91,6 +91,17 @@ def test_bigram_tokenizer_interleaves_pairs_and_round_trips(tmp_path):
         TextTokenizer.fit(["a"], ngrams=4)
 
 
+def test_word_ngrams_match_the_plain_definition():
+    def reference(words, n):  # each word, then the n-grams (2..n) that end at it
+        return [" ".join(words[i - k + 1:i + 1]) for i in range(len(words))
+                for k in range(1, min(n, i + 1) + 1)]
+
+    words = "this is not a good film at all".split()
+    for n in (1, 2, 3):
+        for length in range(len(words) + 1):
+            assert word_ngrams(words[:length], n) == reference(words[:length], n), (n, length)
+
+
 def test_tokenizer_truncates_and_handles_empty():
     tok = TextTokenizer(["a"], max_length=3)
     assert tok(["a a a a a", ""]).tolist() == [[2, 2, 2], [0, 0, 0]]
