@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -126,7 +127,7 @@ def whole_number_pixels(body: bytes, size: int) -> np.ndarray | None:
         values = np.fromstring(text.translate(None, b"[]"), dtype=np.int64, sep=",")
     except ValueError:
         return None
-    if values.size != size * size * (1 if len(shape) == 2 else shape[0]) or values.max() > 255:
+    if values.size != math.prod(shape) or values.max() > 255:
         return None
     # JSON numbers have no leading zeros ("007" is invalid JSON): with every value in 0..255,
     # the body must hold exactly the digits of the values written plainly.
