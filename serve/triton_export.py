@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.model import V2_DATATYPES
-from trainer.artifacts import ArtifactError, selected_variant
+from trainer.artifacts import ArtifactError, onnxruntime_options, selected_variant
 from trainer.tasks import SERVED_TASKS
 
 KSERVE_FILE = "kserve-inferenceservice.yaml"
@@ -56,7 +56,7 @@ def triton_config(task: str, manifest: dict, output_name: str, max_batch_size: i
     preferred = sorted({b for b in (max_batch_size // 4, max_batch_size // 2, max_batch_size)
                         if b >= 1})
     # Triton's onnxruntime backend sets graph optimization levels, not single transformers.
-    runtime = manifest.get("runtime", {}).get("onnxruntime", {})
+    runtime = onnxruntime_options(manifest)
     unsupported = "".join(
         f"# Measured with ONNX Runtime {key}={value}, which Triton's onnxruntime backend cannot "
         "set:\n# the answers are the same there, the speed may not be.\n"

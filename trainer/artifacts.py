@@ -109,6 +109,11 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+def onnxruntime_options(manifest: dict) -> dict:
+    """The ONNX Runtime settings a manifest asks for ({} when it has none)."""
+    return dict(manifest.get("runtime", {}).get("onnxruntime", {}))
+
+
 @dataclass(frozen=True)
 class Variant:
     """A loaded, verified variant: its directory and manifest."""
@@ -143,7 +148,7 @@ class Variant:
     @property
     def onnxruntime_options(self) -> dict:
         """The manifest's ONNX Runtime settings for model.onnx ({} when it has none)."""
-        return dict(self.manifest.get("runtime", {}).get("onnxruntime", {}))
+        return onnxruntime_options(self.manifest)
 
     def file(self, rel: str) -> Path:
         """Path of a file listed in the manifest; a clear error when it is not there."""
