@@ -20,9 +20,13 @@ cannot show a 25% regression: it is judged on a second measurement (`remeasure`,
 the artifacts are at hand, else listed as too noisy to judge, not failed.
 Two more things keep CI from failing on noise rather than on regressions:
   - a row whose speed ratio fails is measured again before it is failed (`remeasure`: the row
-    and its Keras baseline, interleaved, more rounds); only a regression that the second
-    measurement confirms fails. In CI, one run out of several saw single rows 25-32% slower
-    while the same code re-measured within budget.
+    and its Keras baseline, interleaved, more rounds), up to `REMEASURES` (2) times; only a
+    regression that every re-measurement confirms fails. In CI, one run out of several saw
+    single rows 25-32% slower while the same code re-measured within budget.
+  - the baseline stores, per row, the lowest of the run's ratio and `REMEASURES` more
+    measurements: a single high one sets a bar that honest runs miss. Seen: a MobileNet LiteRT
+    row stored at 38.2x (the lower of two) while its siblings sat at 25-32x; CI then measured
+    26.2x and failed, and three re-measurements here gave 24.0-25.3x.
   - a baseline row missing from the run because `compress` rejected that export in this run
     (its parity check failed: int8 exports of models trained on the bundled samples agree with
     their float parent on 99.0% of inputs give or take a few images, and another CPU's float
@@ -44,6 +48,9 @@ from typing import Callable
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
 SPEED_KEYS = ("speedup_best",)
+# How many extra measurements a speed ratio gets: in the baseline (the lowest is kept) and in a
+# check before a failure stands (the ratio fails only if all of them stay below the floor).
+REMEASURES = 2
 # Allowed accuracy drop per row, in points. The bundled test sets have 500-1000 examples (one
 # point = 5-10 images), and a short fine-tune, seeded and deterministic on one machine, can end
 # up a few images apart on another CPU's floating-point rounding (before compress was seeded,
@@ -94,11 +101,12 @@ def _speed_ratios(row: dict) -> dict:
 
 
 def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS,
-                  remeasure: Remeasure | None = None,
+                  remeasure: Remeasure | None = None, remeasures: int = REMEASURES,
                   progress: Callable[[str], None] = lambda message: None) -> dict:
-    """The baseline for `bench`. With `remeasure`, each speed ratio is measured a second time
-    and the lower of the two is kept: one lucky measurement (seen: a Keras variant at 1.13x
-    its parent that re-measured at 0.80x) would otherwise set a bar that honest runs miss."""
+    """The baseline for `bench`. With `remeasure`, each speed ratio is measured `remeasures`
+    more times and the lowest value is kept: one lucky measurement (seen: a Keras variant at
+    1.13x its parent that re-measured at 0.80x) would otherwise set a bar that honest runs
+    miss."""
     by_key = {_row_key(r): r for r in bench["results"]}
     rows = {}
     for row in bench["results"]:
@@ -110,13 +118,16 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
             ratios = _speed_ratios(row)
             base_row = by_key.get(f"{row['task']}/{row['baseline']}")
             if remeasure is not None and base_row is not None and "speedup_best" in ratios:
-                again, why = _second_look(remeasure, row, base_row)
-                if again is None:  # the run's own value is still a baseline
-                    progress(f"{_row_key(row)}: {why}; keeping the run's value")
-                else:
-                    progress(f"{_row_key(row)}: speedup_best {ratios['speedup_best']:.2f}x, "
-                             f"re-measured {again:.2f}x")
-                    ratios["speedup_best"] = min(ratios["speedup_best"], again)
+                values = [ratios["speedup_best"]]
+                for _ in range(remeasures):
+                    again, why = _second_look(remeasure, row, base_row)
+                    if again is None:  # the values so far are still a baseline
+                        progress(f"{_row_key(row)}: {why}; keeping the values so far")
+                        break
+                    values.append(again)
+                progress(f"{_row_key(row)}: speedup_best "
+                         + ", ".join(f"{v:.2f}x" for v in values) + f"; keeping {min(values):.2f}x")
+                ratios["speedup_best"] = min(values)
             entry.update({k: round(v, 4) for k, v in ratios.items()})
         rows[_row_key(row)] = entry
     return {
@@ -131,11 +142,11 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
 
 def update_baseline(bench: dict, path: str | Path,
                     accuracy_budget_pts: float = DEFAULT_ACCURACY_BUDGET_PTS,
-                    remeasure: Remeasure | None = None,
+                    remeasure: Remeasure | None = None, remeasures: int = REMEASURES,
                     progress: Callable[[str], None] = lambda message: None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    baseline = make_baseline(bench, accuracy_budget_pts, remeasure, progress)
+    baseline = make_baseline(bench, accuracy_budget_pts, remeasure, remeasures, progress)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(baseline, indent=2) + "\n")
     tmp.replace(path)
@@ -205,9 +216,9 @@ def rejected_by_compress(artifacts: str | Path) -> dict[str, str]:
 
 
 def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | None = None,
-          rejected: dict[str, str] | None = None) -> CheckResult:
-    """Compare `bench` with `baseline`. `remeasure` (optional) re-measures a row whose speed
-    ratio failed; `rejected` ({"task/variant": why}, see `rejected_by_compress`) excuses
+          remeasures: int = REMEASURES, rejected: dict[str, str] | None = None) -> CheckResult:
+    """Compare `bench` with `baseline`. `remeasure` (optional) re-measures, up to `remeasures`
+    times, a row whose speed ratio failed or whose run was too noisy to judge; `rejected` ({"task/variant": why}, see `rejected_by_compress`) excuses
     baseline rows that compress refused to produce in this run."""
     if not isinstance(baseline, dict):
         path = Path(baseline)
@@ -249,14 +260,14 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
         current = _speed_ratios(row)
         base_row = rows.get(f"{row['task']}/{row['baseline']}")
         noisy = _noise(row, rows, tolerance)
-        remeasured = False
-        if noisy and remeasure is not None and base_row is not None:
+        remeasured = 0  # re-measurements spent on this row
+        if noisy and remeasure is not None and base_row is not None and remeasures > 0:
             # The run's rounds disagreed: judge the row on a second, interleaved measurement.
             again, why = _second_look(remeasure, row, base_row)
             if again is None:  # then it is simply not judged
                 noisy += f"; {why}"
             else:
-                current, remeasured = {"speedup_best": again}, True
+                current, remeasured = {"speedup_best": again}, 1
                 result.remeasured.append(f"{key}: first measurement too noisy ({noisy}); "
                                          f"re-measured {again:.2f}x")
         if noisy and not remeasured:
@@ -275,17 +286,26 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
                 continue
             message = (f"{name} {value:.2f}x vs baseline {base_value:.2f}x "
                        f"({100 * (value / base_value - 1):+.0f}%, allowed -{100 * tolerance:.0f}%)")
-            if (remeasure is not None and base_row is not None and name == "speedup_best"
-                    and not remeasured):
-                again, why = _second_look(remeasure, row, base_row)
-                if again is None:  # the first measurement's failure stands
-                    problems.append(f"{message}; {why}")
-                    continue
-                if again >= floor:
-                    result.remeasured.append(f"{key}: {message}; re-measured {again:.2f}x, "
+            if remeasure is not None and base_row is not None and name == "speedup_best":
+                # A regression stands only if every re-measurement confirms it.
+                agains, why = [], ""
+                while remeasured < remeasures:
+                    again, why = _second_look(remeasure, row, base_row)
+                    remeasured += 1
+                    if again is None:  # the failure measured so far stands
+                        break
+                    agains.append(again)
+                    if again >= floor:
+                        break
+                seen = ", ".join(f"{a:.2f}x" for a in agains)
+                if agains and agains[-1] >= floor:
+                    result.remeasured.append(f"{key}: {message}; re-measured {seen}, "
                                              "within budget")
                     continue
-                message += f"; re-measured {again:.2f}x, still below"
+                if agains:
+                    message += f"; re-measured {seen}, still below"
+                if why:
+                    message += f"; {why}"
             problems.append(message)
         if problems:
             result.failures.append(f"{key}: " + "; ".join(problems))

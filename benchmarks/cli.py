@@ -94,7 +94,7 @@ def cmd_load(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from benchmarks.check import check, load_bench, update_baseline
+    from benchmarks.check import REMEASURES, check, load_bench, update_baseline
 
     bench = load_bench(args.bench)
     artifacts = Path(args.artifacts or bench.get("artifacts") or "artifacts")
@@ -113,7 +113,8 @@ def cmd_check(args) -> int:
                                remeasure=remeasure,
                                progress=lambda message: print(message, file=sys.stderr))
         print(f"baseline written: {path} ({args.bench} -> {args.baseline}"
-              + (", each speed ratio the lower of the run's and a re-measurement" if remeasure
+              + (f", each speed ratio the lowest of the run's and {REMEASURES} re-measurements"
+                 if remeasure
                  else "") + "); commit it")
         return 0
     result = check(bench, args.baseline, remeasure=remeasure, rejected=rejected)
