@@ -121,12 +121,18 @@ class DynamicBatcher:
         return await future
 
     def _run_alone(self, rows: np.ndarray) -> BatchResult:
+        # A ServeError goes straight to this request's caller.
+        outputs, _, infer = self._run_and_record(rows, len(rows))
+        return BatchResult(outputs, 0.0, len(rows), infer)
+
+    def _run_and_record(self, inputs: np.ndarray, rows: int) -> tuple[np.ndarray, float, float]:
+        """(outputs, start time, inference seconds) of one model call, reported to on_batch."""
         start = time.perf_counter()
-        outputs = self.run_batch(rows)  # a ServeError goes straight to this request's caller
+        outputs = self.run_batch(inputs)
         infer = time.perf_counter() - start
         if self.on_batch is not None:
-            self.on_batch(len(rows), infer)
-        return BatchResult(outputs, 0.0, len(rows), infer)
+            self.on_batch(rows, infer)
+        return outputs, start, infer
 
     async def close(self) -> None:
         """Stop taking requests and wait until every queued one is answered."""
@@ -173,18 +179,14 @@ class DynamicBatcher:
                 and time.perf_counter() < batch[0].enqueued + self.max_delay)
 
     def _execute(self, batch: list[_Request], rows: int) -> None:
-        start = time.perf_counter()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
         try:
-            outputs = self.run_batch(inputs)
+            outputs, start, infer = self._run_and_record(inputs, rows)
         except ServeError as e:
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(e)
             return
-        infer = time.perf_counter() - start
-        if self.on_batch is not None:
-            self.on_batch(rows, infer)
         offset = 0
         for r in batch:
             n = len(r.rows)
