@@ -13,6 +13,7 @@ re-measures a failed speed ratio against a Keras baseline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -94,20 +95,27 @@ def cmd_load(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from benchmarks.check import REMEASURES, check, load_bench, update_baseline
+    from benchmarks.check import load_bench
 
     bench = load_bench(args.bench)
     artifacts = Path(args.artifacts or bench.get("artifacts") or "artifacts")
-    remeasure = rejected = None
-    if artifacts.is_dir():
-        from benchmarks.check import rejected_by_compress
+    with contextlib.ExitStack() as open_models:
+        remeasure = rejected = None
+        if artifacts.is_dir():
+            from benchmarks.check import rejected_by_compress
 
-        rejected = rejected_by_compress(artifacts)
-        if not args.no_remeasure:
-            from benchmarks.suite import remeasure_speedup
+            rejected = rejected_by_compress(artifacts)
+            if not args.no_remeasure:
+                from benchmarks.suite import SpeedupRemeasurer
 
-            def remeasure(row, base_row):
-                return remeasure_speedup(bench, row, base_row, progress=lambda message: None)
+                remeasure = open_models.enter_context(
+                    SpeedupRemeasurer(bench, progress=lambda message: None))
+        return _check_or_update(args, bench, remeasure, rejected)
+
+
+def _check_or_update(args, bench, remeasure, rejected) -> int:
+    from benchmarks.check import REMEASURES, check, update_baseline
+
     if args.update:
         path = update_baseline(bench, args.baseline, accuracy_budget_pts=args.accuracy_budget,
                                remeasure=remeasure,

@@ -1,4 +1,5 @@
 """Reports render from a fixed record; the CI gate; the whole `run` on tiny variants."""
+import contextlib
 import copy
 import math
 import json
@@ -223,7 +224,8 @@ def test_empty_artifact_root_is_a_clear_error(tmp_path, capsys):
     assert "error: no variants" in capsys.readouterr().err
 
 
-def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path):  # noqa: F811
+def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  # noqa: F811
+                                                   monkeypatch):
     settings = quick_settings(budget_s=0.005, rounds=2)
     bench = run_suite(str(tiny_artifacts), settings, progress=lambda msg: None)
     rows = {(r["task"], r["variant"], r["runtime"]): r for r in bench["results"]}
@@ -251,12 +253,32 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path): 
     assert json.loads(paths["json"].read_text())["schema"] == "tinyship.bench/1"
     assert gate.check(bench, gate.make_baseline(bench)).ok  # an unchanged run passes
 
-    from benchmarks.suite import remeasure_speedup
+    from benchmarks import suite
 
     base_row = rows[("fashion_mnist", "fashion_mnist_tiny", "keras")]
-    again = remeasure_speedup(bench, pruned, base_row, rounds=2, budget_s=0.01,
-                              progress=lambda msg: None)
+    again = suite.remeasure_speedup(bench, pruned, base_row, rounds=2, budget_s=0.01,
+                                    progress=lambda msg: None)
     assert math.isfinite(again) and again > 0
+
+    # Many re-measurements against one baseline open that Keras model once, and close it.
+    opened, closed = [], []
+    real_open_runner = suite.open_runner
+
+    @contextlib.contextmanager
+    def counting_open_runner(variant, runtime, **kw):
+        opened.append((variant.name, runtime))
+        with real_open_runner(variant, runtime, **kw) as runner:
+            yield runner
+        closed.append((variant.name, runtime))
+
+    monkeypatch.setattr(suite, "open_runner", counting_open_runner)
+    with suite.SpeedupRemeasurer(bench, rounds=1, budget_s=0.005,
+                                 progress=lambda msg: None) as remeasure:
+        for runtime in ("onnx", "litert", "keras"):
+            row = rows[("fashion_mnist", "fashion_mnist_tiny-prune-50", runtime)]
+            assert math.isfinite(remeasure(row, base_row))
+    assert opened.count(("fashion_mnist_tiny", "keras")) == 1
+    assert sorted(opened) == sorted(closed) and len(opened) == 4
 
 
 def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
