@@ -156,6 +156,26 @@ def test_int8_with_a_float_first_layer_records_the_settings_it_runs_with(root, r
 
 
 @pytest.mark.slow
+def test_qat_onnx_runs_with_qdq_propagation_off_and_keeps_its_accuracy(root, rows):
+    import onnx
+
+    from trainer.runtime import variant_session
+
+    variant = artifacts.find_variant(root, TASK, "tiny_cnn-qat-int8")
+    assert variant.onnxruntime_options == {"disabled_optimizers": ["QDQPropagationTransformer"]}
+    graph = onnx.load(variant.file("model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    # What the setting is for: QDQ pairs on activations, float (fake-quantized) weights.
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weights = {i.name for i in graph.initializer}
+    assert all(n.input[1] in weights for n in graph.node if n.op_type == "Conv")
+    test = data.load(TASK, "test").subset(RECIPE["test_limit"])
+    session = variant_session(variant, providers=("cpu",))
+    predicted = session.run(None, {"input": ImagePreprocessor()(test.x)})[0].argmax(axis=1)
+    assert np.mean(predicted == test.y) == pytest.approx(variant.metrics["test_accuracy"])
+
+
+@pytest.mark.slow
 def test_failed_step_leaves_no_partial_artifact(root, rows):
     assert rows["nothing"]["status"].startswith("not applicable")
     task_dir = root / TASK
