@@ -218,8 +218,9 @@ def rejected_by_compress(artifacts: str | Path) -> dict[str, str]:
 def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | None = None,
           remeasures: int = REMEASURES, rejected: dict[str, str] | None = None) -> CheckResult:
     """Compare `bench` with `baseline`. `remeasure` (optional) re-measures, up to `remeasures`
-    times, a row whose speed ratio failed or whose run was too noisy to judge; `rejected` ({"task/variant": why}, see `rejected_by_compress`) excuses
-    baseline rows that compress refused to produce in this run."""
+    times, a row whose speed ratio failed or whose run was too noisy to judge; `rejected`
+    ({"task/variant": why}, see `rejected_by_compress`) excuses baseline rows that compress
+    refused to produce in this run."""
     if not isinstance(baseline, dict):
         path = Path(baseline)
         if not path.is_file():
