@@ -329,11 +329,3 @@ class SpeedupRemeasurer:
                     best[which] = min(best[which], stats["min_ms"])
         return best["base"] / best["row"]
 
-
-def remeasure_speedup(bench: dict, row: dict, base_row: dict, *, rounds: int = 5,
-                      budget_s: float = 0.2, progress: Callable[[str], None] = _log) -> float:
-    """One re-measurement of `row`'s speedup_best (see SpeedupRemeasurer, which keeps baselines
-    open across many)."""
-    with SpeedupRemeasurer(bench, rounds=rounds, budget_s=budget_s,
-                           progress=progress) as remeasure:
-        return remeasure(row, base_row)

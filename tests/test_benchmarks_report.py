@@ -256,8 +256,9 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  
     from benchmarks import suite
 
     base_row = rows[("fashion_mnist", "fashion_mnist_tiny", "keras")]
-    again = suite.remeasure_speedup(bench, pruned, base_row, rounds=2, budget_s=0.01,
-                                    progress=lambda msg: None)
+    with suite.SpeedupRemeasurer(bench, rounds=2, budget_s=0.01,
+                                 progress=lambda msg: None) as remeasure:
+        again = remeasure(pruned, base_row)
     assert math.isfinite(again) and again > 0
 
     # Many re-measurements against one baseline open that Keras model once, and close it.
