@@ -131,12 +131,15 @@ def _check_or_update(args, bench, remeasure, rejected) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.artifacts import default_root
+
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="measure every variant on keras/litert/onnx (CPU)")
-    run.add_argument("--artifacts", default="artifacts")
+    run.add_argument("--artifacts", default=str(default_root()),
+                     help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
     run.add_argument("--reports", default="reports")
     run.add_argument("--data-dir", default=None,
                      help="full datasets (default: DATA_DIR, else the bundled samples)")
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lat = sub.add_parser("latency", help="ONNX Runtime providers x batch sizes (GPU hosts; "
                                          "numpy + onnxruntime only)")
-    lat.add_argument("--artifacts", default="artifacts")
+    lat.add_argument("--artifacts", default=str(default_root()),
+                     help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
     lat.add_argument("--reports", default="reports")
     lat.add_argument("--providers", type=_csv(str), default=("cpu",),
                      help="comma-separated: cuda,tensorrt,cpu (each measured separately)")
@@ -209,12 +213,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from benchmarks.check import BaselineError
     from benchmarks.load import LoadError
-    from benchmarks.measure import MeasureError
-    from benchmarks.runners import RunnerError
+    from core.measure import MeasureError
+    from core.runners import RunnerError
     from benchmarks.suite import BenchmarkError
-    from trainer.artifacts import ArtifactError
-    from trainer.data import DatasetNotFoundError
-    from trainer.runtime import ProviderUnavailableError
+    from core.artifacts import ArtifactError
+    from core.data import DatasetNotFoundError
+    from core.runtime import ProviderUnavailableError
 
     try:
         return args.func(args)

@@ -57,9 +57,9 @@ def library_versions() -> dict:
 
 
 def onnxruntime_providers() -> list[str]:
-    """Providers that can really run here (trainer.runtime checks their libraries load)."""
+    """Providers that can really run here (core.runtime checks their libraries load)."""
     try:
-        from trainer.runtime import usable_providers
+        from core.runtime import usable_providers
 
         return list(usable_providers())
     except ImportError:

@@ -6,7 +6,7 @@ This is the path for a GPU host that has numpy and onnxruntime-gpu but no Tensor
 
 Every provider must really be usable: one that is not is an error listing the usable ones,
 before anything is measured (never a CUDA row that silently ran on the CPU; each session's
-providers are checked again by trainer.runtime.make_session(strict=True) and recorded).
+providers are checked again by core.runtime.make_session(strict=True) and recorded).
 
 Modes measured per provider and batch size:
   - "numpy":  `session.run` with numpy input and output: what a caller sees, host<->device
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.environment import environment
-from benchmarks.measure import summarize_offline, summarize_single_stream, time_calls
-from benchmarks.runners import OnnxRunner, RunnerError
+from core.measure import summarize_offline, summarize_single_stream, time_calls
+from core.runners import OnnxRunner, RunnerError
 from benchmarks.suite import BenchmarkError, _TaskData, accuracy
-from trainer import data as datasets
-from trainer.artifacts import list_variants
-from trainer.runtime import ProviderUnavailableError, provider_name, usable_providers
-from trainer.tasks import SERVED_TASKS, get_task
+from core import data as datasets
+from core.artifacts import list_variants
+from core.runtime import ProviderUnavailableError, provider_name, usable_providers
+from core.tasks import SERVED_TASKS, get_task
 
 LATENCY_SCHEMA = "tinyship.latency/1"
 LATENCY_JSON, LATENCY_MD = "latency.json", "latency.md"

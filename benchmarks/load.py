@@ -34,9 +34,10 @@ import numpy as np
 import orjson
 
 from benchmarks.environment import environment
-from compress.export import as_probabilities
-from trainer import data as datasets
-from trainer.tasks import get_task
+from core.evaluate import predict_probabilities
+from core.manifest import probabilities
+from core import data as datasets
+from core.tasks import get_task
 
 LOAD_SCHEMA = "tinyship.load/1"
 LOAD_JSON, LOAD_MD = "load.json", "load.md"
@@ -157,7 +158,7 @@ class _Protocol:
                 raise ValueError(f"label {label!r} is not one of the task's labels")
             return self._label_ids[label]
         out = doc["outputs"][0]
-        probs = as_probabilities(np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]))
+        probs = probabilities(np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]))
         if probs.shape != (1, len(self.labels)):
             raise ValueError(f"output shape {out['shape']} does not match {len(self.labels)} classes")
         return int(probs.argmax(axis=1)[0])
@@ -180,8 +181,8 @@ def _reference(settings: LoadSettings, x_raw, y) -> tuple[np.ndarray, dict, obje
     if settings.artifacts is None:
         return np.asarray(y), {"kind": "labels", "detail": "dataset labels (wrong answers "
                                "include the served model's own mistakes)"}, None
-    from benchmarks.runners import OnnxRunner
-    from trainer.artifacts import ArtifactError, selected_variant
+    from core.runners import OnnxRunner
+    from core.artifacts import ArtifactError, selected_variant
 
     try:
         variant = selected_variant(settings.artifacts, settings.task)
@@ -189,8 +190,7 @@ def _reference(settings: LoadSettings, x_raw, y) -> tuple[np.ndarray, dict, obje
         raise LoadError(f"--artifacts {settings.artifacts}: {e}") from None
     with OnnxRunner(variant, providers=("cpu",), threads=1) as runner:
         x = variant.preprocessor()(x_raw)
-        expected = np.concatenate([as_probabilities(runner.predict(x[i:i + 256])).argmax(axis=1)
-                                   for i in range(0, len(x), 256)])
+        expected = predict_probabilities(runner, x, batch=256).argmax(axis=1)
     return expected, {"kind": "model", "detail": f"selected variant {variant.name} run locally "
                       "(onnxruntime, CPU)"}, variant
 

@@ -27,14 +27,14 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.environment import environment
-from benchmarks.measure import offline, single_stream
-from benchmarks.modelstats import file_sizes, model_stats
-from benchmarks.runners import MODEL_FILES, RUNTIMES, RunnerError, open_runner, runtimes_for
-from compress.export import as_probabilities
-from trainer import data as datasets
-from trainer.artifacts import ArtifactError, Variant, list_variants
-from trainer.runtime import ProviderUnavailableError
-from trainer.tasks import SERVED_TASKS, get_task
+from core.measure import offline, single_stream
+from core.modelstats import file_sizes, model_facts
+from core.runners import MODEL_FILES, RUNTIMES, RunnerError, open_runner, runtimes_for
+from core.evaluate import accuracy
+from core import data as datasets
+from core.artifacts import ArtifactError, Variant, list_variants
+from core.runtime import ProviderUnavailableError
+from core.tasks import SERVED_TASKS, get_task
 
 BENCH_SCHEMA = "tinyship.bench/1"
 # Errors that make one runner row fail without stopping the whole run: a missing or broken
@@ -91,7 +91,7 @@ class _TaskData:
     def inputs_for(self, variant: Variant) -> np.ndarray:
         """The variant's preprocessed test inputs, computed once per distinct preprocessing
         (variants of one model share it; tokenizing 25k reviews takes seconds)."""
-        config = variant.manifest["preprocessing"]
+        config = dict(variant.manifest.preprocessing)
         key = json.dumps(config, sort_keys=True)
         if config.get("type") == "text":
             vocab = variant.path / config.get("vocab_file", "vocab.json")
@@ -106,23 +106,13 @@ def lineage_root(variant: Variant, by_name: dict[str, Variant]) -> Variant:
     lineage parents within the task; stops at a parent that is not on disk."""
     seen = {variant.name}
     current = variant
-    while current.lineage.get("parent") in by_name:
-        parent = by_name[current.lineage["parent"]]
+    while current.lineage.parent in by_name:
+        parent = by_name[current.lineage.parent]
         if parent.name in seen:  # a cycle would be a broken manifest; do not loop forever
             break
         seen.add(parent.name)
         current = parent
     return current
-
-
-def accuracy(runner, x: np.ndarray, y: np.ndarray, batch: int) -> float:
-    if len(y) == 0:
-        raise BenchmarkError("the test split is empty; cannot compute accuracy")
-    correct = 0
-    for start in range(0, len(x), batch):
-        probs = as_probabilities(runner.predict(x[start:start + batch]))
-        correct += int(np.sum(probs.argmax(axis=1) == y[start:start + batch]))
-    return correct / len(y)
 
 
 def _log(message: str) -> None:
@@ -158,7 +148,7 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
     for step, (variant, runtime) in enumerate(plan, 1):
         data = task_data[variant.task]
         if variant.path not in stats_cache:
-            stats_cache[variant.path] = model_stats(variant)
+            stats_cache[variant.path] = model_facts(variant)
         row = _measure_row(variant, runtime, data, stats_cache[variant.path], settings)
         rows.append(row)
         progress(f"[{step}/{len(plan)}] {variant.task}/{variant.name} {runtime}: "
@@ -187,7 +177,7 @@ def _measure_row(variant: Variant, runtime: str, data: _TaskData, stats: dict,
     curves = "curves.png" if variant.has_file("curves.png") else None
     row = {
         "task": variant.task, "variant": variant.name, "model": variant.model,
-        "parent": variant.lineage.get("parent"), "technique": variant.lineage.get("technique"),
+        "parent": variant.lineage.parent, "technique": variant.lineage.technique,
         "runtime": runtime, "provider": None, "threads": settings.threads,
         "accuracy": None, "manifest_accuracy": manifest_acc,
         "manifest_data_source": variant.metrics.get("data_source"),
@@ -300,7 +290,7 @@ class SpeedupRemeasurer:
         return variant.preprocessor()(_latency_examples(task, self._data_dir, self._n_inputs))
 
     def _baseline(self, base_row: dict) -> tuple:
-        from trainer.artifacts import load_variant
+        from core.artifacts import load_variant
 
         key = base_row["variant_dir"]
         if key not in self._baselines:
@@ -311,7 +301,7 @@ class SpeedupRemeasurer:
         return self._baselines[key]
 
     def __call__(self, row: dict, base_row: dict) -> float:
-        from trainer.artifacts import load_variant
+        from core.artifacts import load_variant
 
         variant = load_variant(row["variant_dir"])
         base_runner, base_x = self._baseline(base_row)

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from compress.errors import CompressError
-from trainer.artifacts import DEFAULT_ROOT, ArtifactError
+from core.artifacts import ArtifactError, default_root
 
 
 def _recipe(args):
@@ -43,14 +43,14 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_run_all(args) -> int:
-    from trainer import artifacts
-    from trainer.tasks import SERVED_TASKS
+    from core import artifacts
+    from core.tasks import SERVED_TASKS
 
     recipe = _recipe(args)
     done = 0
     for task in SERVED_TASKS:
         trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
-                   if v.lineage["parent"] is None and v.lineage["technique"] == "train"]
+                   if v.lineage.parent is None and v.lineage.technique == "train"]
         if not trained:
             print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
             continue
@@ -69,7 +69,7 @@ def _cmd_select(args) -> int:
 
     if args.variant:
         # Pinned by hand (an A/B test, a model with an ONNX file the budget would not pick).
-        from trainer.artifacts import find_variant, select_variant
+        from core.artifacts import find_variant, select_variant
 
         variant = find_variant(args.artifacts, args.task, args.variant)
         if not variant.has_file("model.onnx"):
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(s):
-        s.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifact root (default: %(default)s)")
+        s.add_argument("--artifacts", default=str(default_root()),
+                       help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
         s.add_argument("--recipe", help="recipe JSON (default: compress/recipes/default.json)")
         s.add_argument("--data-dir", help="full datasets folder (default: $DATA_DIR, else bundled samples)")
         s.add_argument("--epochs", type=int, help="fine-tuning epochs for steps that set none")
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("select", help="select again from the task's variants (report rebuilt "
                                       "from their manifests)")
     s.add_argument("--task", required=True)
-    s.add_argument("--artifacts", default=str(DEFAULT_ROOT))
+    s.add_argument("--artifacts", default=str(default_root()))
     s.add_argument("--budget", type=float, default=1.0, help="accuracy budget in points (default 1.0)")
     s.add_argument("--variant", help="pin this variant instead of selecting by the budget")
     s.add_argument("--remeasure", action="store_true",

@@ -90,7 +90,7 @@ def plan_separable(model, skip_layers=(), min_input_channels: int = 4) -> dict:
 
 
 def apply_separable(model, plan: dict):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     config = graph.functional_config(model)
     layers = {layer.name: layer for layer in model.layers}
@@ -117,7 +117,7 @@ def _first_weight(layer) -> np.ndarray:
 
 
 def _dense_pair(layer, rank: int, left: np.ndarray, right: np.ndarray):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     c = layer.get_config()
     first = keras.layers.Dense(rank, activation=None, use_bias=False, name=f"{layer.name}_lowrank_u")
@@ -128,7 +128,7 @@ def _dense_pair(layer, rank: int, left: np.ndarray, right: np.ndarray):
 
 
 def _embedding_pair(layer, rank: int, left: np.ndarray, right: np.ndarray):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     c = layer.get_config()
     first = keras.layers.Embedding(c["input_dim"], rank, mask_zero=c["mask_zero"],

@@ -18,7 +18,7 @@ from compress.errors import UnsupportedLayerError
 
 def functional_config(model) -> dict:
     """A deep copy of the model's config as a Functional graph."""
-    from trainer.tf_setup import keras, require_tf_keras_model
+    from core.tf_setup import keras, require_tf_keras_model
 
     require_tf_keras_model(model)
     if isinstance(model, keras.Sequential):
@@ -102,7 +102,7 @@ class Rebuild:
     new_weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def build(self, source):
-        from trainer.tf_setup import keras
+        from core.tf_setup import keras
 
         model = keras.Model.from_config(self.config)
         old = {layer.name: layer for layer in source.layers}
@@ -122,7 +122,7 @@ def matches(layer, selectors) -> bool:
 def check_selectors(model, selectors, what: str) -> None:
     """Every entry of skip_layers/layers must be a layer name of the model or a Keras layer
     class name (a class absent from this model is fine: recipes are shared across models)."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     names = {layer.name for layer in model.layers}
     classes = {type(layer).__name__ for layer in model.layers}

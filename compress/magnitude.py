@@ -76,7 +76,7 @@ def prunable_layers(model, settings: PruneSettings) -> dict[str, str]:
 
 
 def _kernel_size(layer) -> int:
-    from compress.profile import is_kernel
+    from core.modelstats import is_kernel
 
     return sum(int(w.shape.num_elements()) for w in layer.weights if is_kernel(w))
 
@@ -85,7 +85,7 @@ def wrap_for_pruning(model, settings: PruneSettings, total_steps: int):
     """A clone of `model` with prune_low_magnitude wrappers, and the per-layer plan."""
     import tensorflow_model_optimization as tfmot
 
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     plan = prunable_layers(model, settings)
     if "prune" not in plan.values():

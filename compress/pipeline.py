@@ -3,7 +3,7 @@ select the one to serve.
 
 For every step: the technique writes its model files into a staging variant (trainer's
 `create_variant`, so a failed step leaves nothing behind); float Keras results are exported
-to ONNX + TFLite and parity-checked (compress.export); quantized files are parity-checked
+to ONNX + TFLite and parity-checked (core.export); quantized files are parity-checked
 against the model they were converted from; accuracy is measured on the test split of the
 data in use with the file the variant is served from (ONNX, else TFLite); size, params,
 MACs and sparsity are profiled; batch-1 CPU latency (1 thread) is measured with the
@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from compress import profile
 from compress.errors import CompressError, NotApplicableError
-from compress.export import ExportParityError, as_probabilities, check_parity, run_onnx, run_tflite
+from core.evaluate import accuracy, load_keras, split_inputs
+from core.modelstats import keras_profile, model_file_sizes
+from core.export import ExportParityError, check_parity, run_onnx, run_tflite
 from compress.recipe import Recipe
 from compress.techniques import Inputs, get_technique
-from trainer import artifacts, data
-from trainer.artifacts import ArtifactError, Variant
-from trainer.tasks import get_task
+from core import artifacts, data
+from core.artifacts import ArtifactError, Variant
+from core.tasks import get_task
 
 REPORT_NAME = "compress_report"
 LATENCY_EXAMPLES = 32
@@ -43,17 +44,9 @@ class TaskData:
 
 
 def load_task_data(base: Variant, recipe: Recipe, data_dir=None) -> TaskData:
-    task = get_task(base.task)
-    preprocess = base.preprocessor()
-    train = data.load(task.dataset, "train", data_dir=data_dir)
-    test = data.load(task.dataset, "test", data_dir=data_dir)
-    if recipe.train_limit:
-        train = train.subset(recipe.train_limit)
-    if recipe.test_limit:
-        test = test.subset(recipe.test_limit)
-    return TaskData(preprocess(list(train.x) if task.kind == "text" else train.x), train.y,
-                    preprocess(list(test.x) if task.kind == "text" else test.x), test.y,
-                    test.source)
+    train = split_inputs(base, "train", data_dir, recipe.train_limit)
+    test = split_inputs(base, "test", data_dir, recipe.test_limit)
+    return TaskData(train.x, train.y, test.x, test.y, test.source)
 
 
 def served_file(directory: Path) -> str | None:
@@ -69,15 +62,11 @@ def predict_file(path: Path, x: np.ndarray, onnxruntime_options: dict | None = N
     return run_tflite(path, x)
 
 
-def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(as_probabilities(outputs).argmax(axis=1) == y))
-
-
 def measure_latency(variant: Variant, example: np.ndarray) -> dict:
     """Batch-1, 1-thread CPU latency with the benchmarks package (ONNX Runtime when the
     variant has model.onnx, LiteRT otherwise)."""
-    from benchmarks.measure import single_stream
-    from benchmarks.runners import open_runner
+    from core.measure import single_stream
+    from core.runners import open_runner
 
     runtime = "onnx" if variant.has_file("model.onnx") else "litert"
     with open_runner(variant, runtime, providers=("cpu",), threads=1) as runner:
@@ -85,17 +74,6 @@ def measure_latency(variant: Variant, example: np.ndarray) -> dict:
     return {"latency_p50_ms": round(stats["p50_ms"], 5), "latency_p90_ms": round(stats["p90_ms"], 5),
             "latency_spread_pct": round(stats["spread_pct"], 2), "latency_runtime": runtime,
             "latency_conditions": "CPU, batch 1, 1 thread"}
-
-
-def load_keras(variant: Variant):
-    from trainer.tf_setup import keras
-
-    if not variant.has_file("model.keras"):
-        raise CompressError(
-            f"{variant.task}/{variant.name} has no model.keras, so Keras-level techniques "
-            f"cannot start from it; start them from a variant that has one (files: "
-            f"{', '.join(sorted(variant.manifest['files']))})")
-    return keras.models.load_model(variant.file("model.keras"), compile=False)
 
 
 @dataclass
@@ -125,7 +103,7 @@ def _row(variant: Variant, status: str = "ok") -> dict:
             "tflite_bytes", "tflite_gzip_bytes", "latency_p50_ms", "latency_spread_pct",
             "latency_runtime")
     row = {"variant": variant.name, "model": variant.model,
-           "technique": variant.lineage["technique"], "parent": variant.lineage["parent"],
+           "technique": variant.lineage.technique, "parent": variant.lineage.parent,
            "status": status, "has_onnx": variant.has_file("model.onnx")}
     row.update({k: m.get(k) for k in keys})
     return row
@@ -139,11 +117,11 @@ def measure_base(run: Run) -> dict:
     name = served_file(base.path)
     if name is None:
         raise ArtifactError(f"{base.path}: the trained variant has neither model.onnx nor model.tflite")
-    acc = accuracy(predict_file(base.path / name, run.data.test_x, base.onnxruntime_options),
-                   run.data.test_y)
-    prof = profile.keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
+    acc = accuracy(lambda x: predict_file(base.path / name, x, base.onnxruntime_options),
+                   run.data.test_x, run.data.test_y, batch=len(run.data.test_x))
+    prof = keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
         {"metrics": {}, "details": {}}
-    metrics = {**prof["metrics"], **profile.file_sizes(base.path),
+    metrics = {**prof["metrics"], **model_file_sizes(base.path),
                **measure_latency(base, run.data.test_x[:LATENCY_EXAMPLES])}
     base = artifacts.update_manifest(base, metrics=metrics, extra={"compress_profile": prof["details"]})
     run.base = base
@@ -160,7 +138,7 @@ STEP_SEED = 0
 
 
 def seed_tensorflow(seed: int) -> None:
-    from trainer.tf_setup import keras, tf
+    from core.tf_setup import keras, tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -176,53 +154,53 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
     name = _step_variant_name(step, parent)
     inputs = Inputs(parent, lambda: run.keras_model(parent), run.data.train_x, run.data.train_y,
                     run.data.train_x[: run.recipe.calibration_size],
-                    parent.manifest["output"].get("activation", "softmax"),
+                    parent.output.activation,
                     len(parent.labels), run.recipe.epochs)
     started = time.perf_counter()
     lineage = {"parent": parent.name, "technique": technique.name, "params": dict(step.params)}
     with artifacts.create_variant(
             run.root, task=parent.task, model=parent.model, variant=name, lineage=lineage,
-            input=parent.manifest["input"], output=parent.manifest["output"],
-            preprocessing=parent.manifest["preprocessing"], labels=parent.labels) as v:
+            input=parent.input, output=parent.output,
+            preprocessing=dict(parent.manifest.preprocessing), labels=parent.labels) as v:
         out_dir = Path(v.dir)
-        vocab = parent.manifest["preprocessing"].get("vocab_file")
+        vocab = parent.manifest.preprocessing.get("vocab_file")
         if vocab:
             shutil.copy2(parent.file(vocab), out_dir / vocab)
         seed_tensorflow(STEP_SEED)
         outcome = technique.apply(inputs, step.params, out_dir)
-        v.manifest["lineage"]["params"]["plan"] = outcome.plan
+        v.params["plan"] = outcome.plan
         if outcome.onnxruntime_options:
-            v.manifest["runtime"] = {"onnxruntime": outcome.onnxruntime_options}
+            v.runtime["onnxruntime"] = outcome.onnxruntime_options
         parity = []
         if outcome.keras_model is not None and not outcome.quantized_files:
-            from compress.export import export_float
+            from core.export import export_float
 
             info = export_float(outcome.keras_model, out_dir, run.parity_x)
-            parity, v.manifest["extra"]["onnx"] = info["parity"], info["onnx"]
+            parity, v.extra["onnx"] = info["parity"], info["onnx"]
             if run.recipe.export_saved_model:
-                from compress.export import export_saved_model
+                from core.export import export_saved_model
 
                 saved = export_saved_model(outcome.keras_model, out_dir, run.parity_x)
                 parity.append(saved.pop("parity"))
-                v.manifest["extra"]["saved_model"] = saved
+                v.extra["saved_model"] = saved
         if outcome.quantized_files:
             parity = _check_quantized(run, outcome, out_dir, parent)
         if outcome.keras_model is not None and outcome.save_keras:
             outcome.keras_model.save(out_dir / "model.keras")
         served = served_file(out_dir)
-        acc = accuracy(predict_file(out_dir / served, run.data.test_x,
-                                    outcome.onnxruntime_options), run.data.test_y)
+        acc = accuracy(lambda x: predict_file(out_dir / served, x, outcome.onnxruntime_options),
+                       run.data.test_x, run.data.test_y, batch=len(run.data.test_x))
         if outcome.keras_model is not None and outcome.save_keras:
-            prof = profile.keras_profile(outcome.keras_model)
+            prof = keras_profile(outcome.keras_model)
         else:
             # Quantization changes neither the parameter count nor the MACs nor which
             # weights are zero: those are the parent's.
             prof = {"metrics": {k: parent_row.get(k) for k in ("params", "macs", "sparsity")},
                     "details": {"profile_from": parent.name}}
-        v.manifest["metrics"].update({"test_accuracy": acc, "data_source": run.data.source,
+        v.metrics.update({"test_accuracy": acc, "data_source": run.data.source,
                                       "accuracy_from": served, **prof["metrics"],
-                                      **profile.file_sizes(out_dir)})
-        v.manifest["extra"].update({"parity": parity, "profile": prof["details"],
+                                      **model_file_sizes(out_dir)})
+        v.extra.update({"parity": parity, "profile": prof["details"],
                                     "fine_tune_history": outcome.history,
                                     "compress_seconds": round(time.perf_counter() - started, 1)})
     variant = artifacts.find_variant(run.root, parent.task, name)
@@ -370,7 +348,7 @@ def _kb(v) -> str:
 def render_markdown(report: dict) -> str:
     sel = report.get("selection") or {}
     lines = [f"# compress report: {report['task']}", "",
-             f"Data: {report['data_source']}. Latency: p50 of `benchmarks.measure.single_stream`, "
+             f"Data: {report['data_source']}. Latency: p50 of `core.measure.single_stream`, "
              "CPU, batch 1, 1 thread (ONNX Runtime; LiteRT for TFLite-only variants). "
              "Sizes in KiB; gzip -9. MACs per example.", ""]
     if sel:
@@ -409,7 +387,7 @@ def rows_from_manifests(root, task: str, report: dict | None = None) -> dict:
     failed and skipped rows of `report` are kept."""
     variants = [v for v in artifacts.list_variants(root, task) if "latency_p50_ms" in v.metrics]
     if report is None:
-        trained = [v for v in variants if v.lineage["technique"] == "train"]
+        trained = [v for v in variants if v.lineage.technique == "train"]
         if not trained:
             raise CompressError(f"no measured trained variant of {task!r} under {root}: "
                                 "run `python -m compress run` first")

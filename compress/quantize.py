@@ -75,7 +75,7 @@ def qat_model(model, skip_layers=()):
     """A quantization-aware clone of `model` and its per-layer plan."""
     import tensorflow_model_optimization as tfmot
 
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     plan = quantization_plan(model, skip_layers)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
@@ -88,8 +88,8 @@ def qat_model(model, skip_layers=()):
 
 
 def qat_tflite(qat) -> bytes:
-    from compress.export import tflite_bytes
-    from trainer.tf_setup import tf
+    from core.export import tflite_bytes
+    from core.tf_setup import tf
 
     return tflite_bytes(qat, optimizations=[tf.lite.Optimize.DEFAULT])
 
@@ -97,8 +97,8 @@ def qat_tflite(qat) -> bytes:
 # ------------------------------------------------------------------ TFLite post-training
 
 def tflite_post_training(model, mode: str, calibration_x: np.ndarray) -> bytes:
-    from compress.export import tflite_bytes
-    from trainer.tf_setup import tf
+    from core.export import tflite_bytes
+    from core.tf_setup import tf
 
     if mode == "float16":
         return tflite_bytes(model, optimizations=[tf.lite.Optimize.DEFAULT],

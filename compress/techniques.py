@@ -55,7 +55,7 @@ FINE_TUNE = {
 class Inputs:
     """What a technique gets: the parent variant and the data of the run."""
 
-    parent: object                # trainer.artifacts.Variant
+    parent: object                # core.artifacts.Variant
     load_parent_model: Callable   # () -> tf_keras model (raises when the parent has none)
     train_x: np.ndarray
     train_y: np.ndarray
@@ -75,7 +75,7 @@ class Outcome:
     history: dict = field(default_factory=dict)
     save_keras: bool = True
     # ONNX Runtime settings model.onnx needs (the manifest's "runtime"; see
-    # trainer.runtime.variant_session)
+    # core.runtime.variant_session)
     onnxruntime_options: dict = field(default_factory=dict)
 
 
@@ -275,7 +275,7 @@ class QuantizationAware(Technique):
 
     def apply(self, inputs, p, out_dir):
         from compress import quantize
-        from compress.export import export_onnx
+        from core.export import export_onnx
 
         source = inputs.load_parent_model()
         qat, plan = quantize.qat_model(source, p["skip_layers"])
@@ -379,7 +379,7 @@ class OnnxStaticInt8(_OnnxPostTraining):
 
         kept_float = quantize.onnx_static_int8(
             src, dst, inputs.calibration_x, p["calibration"], p["per_channel"],
-            inputs.parent.manifest["input"]["name"], p["float_first_layer"])
+            inputs.parent.input.name, p["float_first_layer"])
         plan = {"format": "QDQ", "weights": "int8", "activations": "uint8",
                 "calibration_examples": len(inputs.calibration_x), **p}
         if kept_float:

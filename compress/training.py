@@ -39,7 +39,7 @@ def compile_for(model, activation: str, learning_rate: float, soft_targets: bool
     """Adam; with `total_steps`, the learning rate follows a cosine decay to 0 over the
     fine-tune (ending at a small learning rate recovers noticeably more accuracy than a
     constant one in the few epochs a fine-tune gets)."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     if total_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)

@@ -28,7 +28,7 @@ import orjson
 from serve.errors import InvalidInput, InvalidJSON, UnknownModel
 from serve.images import INVERT_CHOICES, decode_image
 from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
-from trainer.preprocessing import PreprocessingError
+from core.preprocessing import PreprocessingError
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 100_000  # the longest IMDB review has ~14k characters

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.artifacts import create_variant, select_variant
-from trainer.preprocessing import ImagePreprocessor, TextTokenizer
-from trainer.tasks import get_task
+from core.artifacts import create_variant, select_variant
+from core.preprocessing import ImagePreprocessor, TextTokenizer
+from core.tasks import get_task
 
 OPSET = 17
 IMAGE_SHAPE = [None, 28, 28, 1]

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
-from trainer.artifacts import ArtifactError, Variant, selected_variant
-from trainer.runtime import variant_session
+from core.artifacts import ArtifactError, Variant, selected_variant
+from core.manifest import OutputSpec
+from core.runtime import variant_session
 
 log = logging.getLogger("serve.model")
 
@@ -80,7 +81,7 @@ class ServedModel:
         self.labels: list[str] = []
         self.input: TensorSpec | None = None
         self.output: TensorSpec | None = None
-        self.activation = "softmax"
+        self.output_spec: OutputSpec | None = None
         self.provider = None
         self.load_seconds = None
         self._session = None
@@ -92,7 +93,7 @@ class ServedModel:
 
     @property
     def kind(self) -> str:
-        return self.variant.manifest["preprocessing"]["type"] if self.variant else "unknown"
+        return self.variant.manifest.preprocessing_type if self.variant else "unknown"
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> "ServedModel":
@@ -113,37 +114,31 @@ class ServedModel:
 
     def _load(self) -> None:
         variant = selected_variant(self.artifacts, self.name, verify=True)
-        manifest = variant.manifest
         preprocess = variant.preprocessor()
         session = variant_session(variant, providers=self.providers, threads=self.threads)
         onnx_inputs = {i.name: i for i in session.get_inputs()}
-        input_name = manifest["input"]["name"]
+        spec, output = variant.input, variant.output
+        input_name = spec.name
         if input_name not in onnx_inputs:
             raise ArtifactError(
                 f"{variant.path}: manifest input {input_name!r} is not an input of model.onnx "
                 f"(inputs: {', '.join(onnx_inputs)})")
-        dtype = np.dtype(manifest["input"]["dtype"])
-        shape = tuple(-1 if d is None else int(d) for d in manifest["input"]["shape"])
-        activation = manifest["output"].get("activation", "softmax")
-        if activation not in ("softmax", "sigmoid"):
-            raise ArtifactError(f"{variant.path}: output activation {activation!r} is not "
-                                "one of softmax, sigmoid")
-        width = 1 if activation == "sigmoid" else len(manifest["labels"])
+        shape = tuple(-1 if d is None else d for d in spec.shape)
         out = session.get_outputs()[0]
         self.variant, self.preprocess, self._session = variant, preprocess, session
-        self.labels = list(manifest["labels"])
-        self.input = TensorSpec(input_name, dtype, shape)
-        self.output = TensorSpec(out.name, np.dtype(np.float32), (-1, width))
-        self.activation = activation
+        self.labels = variant.labels
+        self.input = TensorSpec(input_name, spec.numpy_dtype, shape)
+        self.output = TensorSpec(out.name, np.dtype(np.float32), (-1, output.width))
+        self.output_spec = output
         self.provider = session.get_providers()[0]
         self._input_range = self._valid_input_range()
         for n in self.warmup_batch_sizes:
-            example = np.zeros((n, *shape[1:]), dtype=dtype)
+            example = np.zeros((n, *shape[1:]), dtype=spec.numpy_dtype)
             for _ in range(WARMUP_ROUNDS):
                 raw = self.predict(example)
-            if raw.shape != (n, width):
+            if raw.shape != (n, output.width):
                 raise ArtifactError(f"{variant.path}: model.onnx gives outputs of shape "
-                                    f"{raw.shape} for {n} inputs; expected {(n, width)}")
+                                    f"{raw.shape} for {n} inputs; expected {(n, output.width)}")
 
     def _valid_input_range(self) -> tuple[float, float]:
         """Values a model input can hold after preprocessing (for checks on raw tensors)."""
@@ -163,7 +158,7 @@ class ServedModel:
             out.update(variant=self.variant.name, model=self.variant.model,
                        provider=self.provider, labels=self.labels,
                        test_accuracy=self.variant.metrics.get("test_accuracy"),
-                       lineage=self.variant.lineage)
+                       lineage=self.variant.lineage.to_dict())
         return out
 
     # -- inference -------------------------------------------------------------------------
@@ -183,10 +178,7 @@ class ServedModel:
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """(N, C) class probabilities: a sigmoid column p(positive) becomes [1 - p, p]."""
-        if self.activation == "sigmoid":
-            p = raw.reshape(-1, 1)
-            return np.concatenate([1.0 - p, p], axis=1)
-        return raw
+        return self.output_spec.probabilities(raw)
 
     def check_tensor(self, x: np.ndarray, what: str = "input") -> np.ndarray:
         """Validate a raw model-input tensor (standard protocols): dtype, shape, values."""

@@ -18,7 +18,7 @@ from serve.errors import UnknownModel
 from serve.metrics import ServerMetrics
 from serve.model import ServedModel
 from serve.settings import Settings
-from trainer.tasks import SERVED_TASKS
+from core.tasks import SERVED_TASKS
 
 log = logging.getLogger("serve.repository")
 

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from trainer.artifacts import DEFAULT_ROOT
 
 
 class SettingsError(ValueError):
@@ -24,7 +23,7 @@ class Settings:
     host: str = "127.0.0.1"          # loopback by default: exposing the server is a decision
     port: int = 8000
     workers: int = 1                 # uvicorn worker processes, each loads every model
-    artifacts: Path = DEFAULT_ROOT   # artifact root with <task>/selected.json
+    artifacts: Path = Path("artifacts")  # ARTIFACTS_DIR; artifact root with <task>/selected.json
     providers: tuple[str, ...] = ("cuda", "cpu")  # ONNX Runtime providers, best first
     threads: int = 0                 # ORT intra-op threads per session; 0 = usable cores / workers
     max_batch_size: int = 32         # rows merged into one inference; 1 disables the batcher

@@ -16,11 +16,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from serve.model import V2_DATATYPES
-from trainer.artifacts import ArtifactError, onnxruntime_options, selected_variant
-from trainer.tasks import SERVED_TASKS
+from core.artifacts import ArtifactError, selected_variant
+from core.manifest import Manifest
+from core.tasks import SERVED_TASKS
 
 KSERVE_FILE = "kserve-inferenceservice.yaml"
 KSERVE_TEMPLATE = """\
@@ -47,28 +46,29 @@ class ExportedModel:
     directory: Path
 
 
-def triton_config(task: str, manifest: dict, output_name: str, max_batch_size: int,
+def triton_config(task: str, manifest: Manifest, max_batch_size: int,
                   max_queue_delay_us: int, instance_kind: str = "KIND_CPU") -> str:
     """config.pbtxt text for one variant; dims leave out the batch dimension."""
-    dtype = "TYPE_" + V2_DATATYPES[np.dtype(manifest["input"]["dtype"])]
-    in_dims = [int(d) for d in manifest["input"]["shape"][1:]]
-    width = 1 if manifest["output"].get("activation") == "sigmoid" else len(manifest["labels"])
+    dtype = "TYPE_" + V2_DATATYPES[manifest.input.numpy_dtype]
+    in_dims = [int(d) for d in manifest.input.example_shape]
+    width = manifest.output.width
+    output_name = manifest.output.name
     preferred = sorted({b for b in (max_batch_size // 4, max_batch_size // 2, max_batch_size)
                         if b >= 1})
     # Triton's onnxruntime backend sets graph optimization levels, not single transformers.
-    runtime = onnxruntime_options(manifest)
+    runtime = manifest.onnxruntime_options
     unsupported = "".join(
         f"# Measured with ONNX Runtime {key}={value}, which Triton's onnxruntime backend cannot "
         "set:\n# the answers are the same there, the speed may not be.\n"
         for key, value in runtime.items())
     return f"""\
-# Written by `python -m serve export-triton` from variant {manifest['variant']!r}.
+# Written by `python -m serve export-triton` from variant {manifest.variant!r}.
 {unsupported}name: "{task}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
 input [
   {{
-    name: "{manifest['input']['name']}"
+    name: "{manifest.input.name}"
     data_type: {dtype}
     dims: {in_dims}
   }}
@@ -87,13 +87,6 @@ dynamic_batching {{
 }}
 instance_group [ {{ count: 1, kind: {instance_kind} }} ]
 """
-
-
-def _onnx_output_name(path: Path) -> str:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return model.graph.output[0].name
 
 
 def export_triton(artifacts: Path, out: Path, *, max_batch_size: int = 32,
@@ -117,8 +110,7 @@ def export_triton(artifacts: Path, out: Path, *, max_batch_size: int = 32,
         shutil.copy2(onnx_path, model_dir / "1" / "model.onnx")
         (model_dir / "labels.txt").write_text("\n".join(variant.labels) + "\n")
         (model_dir / "config.pbtxt").write_text(triton_config(
-            task, variant.manifest, _onnx_output_name(onnx_path), max_batch_size,
-            max_queue_delay_us))
+            task, variant.manifest, max_batch_size, max_queue_delay_us))
         exported.append(ExportedModel(task, variant.name, model_dir))
     out.mkdir(parents=True, exist_ok=True)
     (out / KSERVE_FILE).write_text(KSERVE_TEMPLATE.format(storage_uri=storage_uri))

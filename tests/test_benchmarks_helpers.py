@@ -1,8 +1,8 @@
 """Tiny real variants for the benchmark tests (shared by tests/test_benchmarks_*.py).
 
 `tiny_artifacts` builds, once per session, an artifact root with untrained-but-real tf_keras
-models for the three served tasks, exported to ONNX and TFLite by compress.export.export_float
-and written through trainer.artifacts.create_variant, plus one derived variant (a copy of the
+models for the three served tasks, exported to ONNX and TFLite by core.export.export_float
+and written through core.artifacts.create_variant, plus one derived variant (a copy of the
 Fashion model with half its kernel zeroed) so lineage ratios have something to compare.
 About 15 s on 2 cores, most of it TensorFlow's import and the converters.
 """
@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import data as datasets
-from trainer.artifacts import create_variant, list_variants
-from trainer.preprocessing import ImagePreprocessor, TextTokenizer
-from trainer.tasks import get_task
+from core import data as datasets
+from core.artifacts import create_variant, list_variants
+from core.preprocessing import ImagePreprocessor, TextTokenizer
+from core.tasks import get_task
 
 
 def _save(root, task, name, model, parity_x, preprocessing, output, parent=None, extra_files=()):
-    from compress.export import export_float
+    from core.export import export_float
 
     with create_variant(root, task=task, model=name.split("-")[0], variant=name,
                         lineage={"parent": parent, "technique": "prune" if parent else "train",
@@ -36,7 +36,7 @@ def _save(root, task, name, model, parity_x, preprocessing, output, parent=None,
 
 
 def build_tiny_artifacts(root) -> None:
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     keras.utils.set_random_seed(0)
     image = ImagePreprocessor()

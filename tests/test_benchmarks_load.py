@@ -12,9 +12,9 @@ from benchmarks.latency import LatencySettings, run_latency
 from benchmarks.load import LoadError, LoadSettings, run_load
 from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
 from tests.test_imports import run_without_tensorflow
-from trainer import data as datasets
-from trainer.runtime import ProviderUnavailableError, usable_providers
-from trainer.tasks import get_task
+from core import data as datasets
+from core.runtime import ProviderUnavailableError, usable_providers
+from core.tasks import get_task
 
 LABELS = get_task("fashion_mnist").labels
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from benchmarks import measure
+from core import measure
 from benchmarks.report import pareto_front
 
 

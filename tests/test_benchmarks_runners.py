@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 
-from benchmarks.modelstats import file_sizes, model_stats
-from benchmarks.runners import RunnerError, open_runner, runtimes_for
-from compress.export import as_probabilities
+from core.modelstats import file_sizes, model_facts
+from core.runners import RunnerError, open_runner, runtimes_for
+from core.export import as_probabilities
 from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
 from tests.test_imports import run_without_tensorflow
-from trainer import data as datasets
-from trainer.artifacts import find_variant
-from trainer.preprocessing import ImagePreprocessor
-from trainer.runtime import ProviderUnavailableError, usable_providers
+from core import data as datasets
+from core.artifacts import find_variant
+from core.preprocessing import ImagePreprocessor
+from core.runtime import ProviderUnavailableError, usable_providers
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +86,13 @@ def test_bad_runtime_and_provider_requests(fashion):
 def test_model_stats_from_the_onnx_graph(tiny_artifacts):  # noqa: F811
     dense = find_variant(tiny_artifacts, "fashion_mnist", "fashion_mnist_tiny")
     pruned = find_variant(tiny_artifacts, "fashion_mnist", "fashion_mnist_tiny-prune-50")
-    stats = model_stats(dense)
+    stats = model_facts(dense)
     # 784 -> 8 -> 10 MLP: weights and biases; one MAC per weight at batch 1.
     assert stats["params"] == 784 * 8 + 8 + 8 * 10 + 10
     assert stats["macs"] == 784 * 8 + 8 * 10
     assert stats["sparsity"] == 0.0 and stats["source"] == "onnx graph"
     # Half of the first kernel was zeroed: 3136 zeros among 6272 + 80 kernel weights.
-    assert model_stats(pruned)["sparsity"] == pytest.approx(3136 / (6272 + 80))
+    assert model_facts(pruned)["sparsity"] == pytest.approx(3136 / (6272 + 80))
     sizes = file_sizes(pruned.file("model.onnx"))
     assert sizes["gzip_bytes"] < file_sizes(dense.file("model.onnx"))["gzip_bytes"] < sizes["bytes"]
 
@@ -100,9 +100,9 @@ def test_model_stats_from_the_onnx_graph(tiny_artifacts):  # noqa: F811
 def test_onnx_runner_and_measure_import_no_tensorflow(tiny_artifacts):  # noqa: F811
     r = run_without_tensorflow(f"""
         import numpy as np
-        from benchmarks.runners import open_runner
-        from benchmarks.measure import single_stream
-        from trainer.artifacts import find_variant
+        from core.runners import open_runner
+        from core.measure import single_stream
+        from core.artifacts import find_variant
         v = find_variant({str(tiny_artifacts)!r}, 'fashion_mnist', 'fashion_mnist_tiny')
         r = open_runner(v, 'onnx')
         print(single_stream(r, np.zeros((1, 28, 28, 1), np.float32), budget_s=0.01)['n'] > 0)

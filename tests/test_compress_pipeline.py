@@ -10,11 +10,11 @@ import pytest
 
 from compress import pipeline
 from compress.recipe import parse_recipe
-from trainer import artifacts, data
-from trainer.preprocessing import ImagePreprocessor
-from trainer.tasks import get_task
+from core import artifacts, data
+from core.preprocessing import ImagePreprocessor
+from core.tasks import get_task
 
-tfs = pytest.importorskip("trainer.tf_setup")
+tfs = pytest.importorskip("core.tf_setup")
 keras = tfs.keras
 L = keras.layers
 
@@ -44,7 +44,7 @@ RECIPE = {
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A trained base variant written the way `trainer` writes one."""
-    from compress.export import export_float
+    from core.export import export_float
 
     root = tmp_path_factory.mktemp("artifacts")
     pre = ImagePreprocessor()
@@ -100,19 +100,19 @@ EXPECTED = {  # variant -> (parent, technique, files it must carry)
 def test_each_technique_makes_a_loadable_variant_with_lineage(root, rows, name):
     parent, technique, files = EXPECTED[name]
     variant = artifacts.find_variant(root, TASK, name)  # verifies every checksum
-    assert variant.lineage["parent"] == parent and variant.lineage["technique"] == technique
-    assert "plan" in variant.lineage["params"]
-    assert files <= set(variant.manifest["files"])
+    assert variant.lineage.parent == parent and variant.lineage.technique == technique
+    assert "plan" in variant.lineage.params
+    assert files <= set(variant.files)
     m = variant.metrics
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["latency_p50_ms"] > 0
-    assert all(report["ok"] for report in variant.manifest["extra"]["parity"])
+    assert all(report["ok"] for report in variant.extra["parity"])
     assert rows[name]["status"] == "ok"
 
 
 @pytest.mark.slow
 def test_magnitude_pruning_reaches_the_asked_sparsity(root, rows):
     pruned = artifacts.find_variant(root, TASK, "tiny_cnn-prune-s0.6-const")
-    per_layer = pruned.manifest["extra"]["profile"]["sparsity_per_layer"]
+    per_layer = pruned.extra["profile"]["sparsity_per_layer"]
     for layer in ("conv_a", "conv_b", "hidden", "head"):
         assert per_layer[layer] == pytest.approx(0.6, abs=0.02), layer
     two_of_four = artifacts.find_variant(root, TASK, "tiny_cnn-prune-2of4")
@@ -136,7 +136,7 @@ def test_structural_variants_are_smaller(rows):
 def test_int8_with_a_float_first_layer_records_the_settings_it_runs_with(root, rows):
     import onnx
 
-    from trainer.runtime import variant_session
+    from core.runtime import variant_session
 
     variant = artifacts.find_variant(root, TASK, "tiny_cnn-onnx-qdq-int8-minmax-pc-float-first")
     assert variant.onnxruntime_options == {"disabled_optimizers": ["QDQPropagationTransformer"]}
@@ -159,7 +159,7 @@ def test_int8_with_a_float_first_layer_records_the_settings_it_runs_with(root, r
 def test_qat_onnx_runs_with_its_qdq_transformers_off_and_keeps_its_accuracy(root, rows):
     import onnx
 
-    from trainer.runtime import variant_session
+    from core.runtime import variant_session
 
     variant = artifacts.find_variant(root, TASK, "tiny_cnn-qat-int8")
     assert variant.onnxruntime_options == {
@@ -198,7 +198,7 @@ def test_selection_is_recorded_for_serve(root, rows):
 
 @pytest.mark.slow
 def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monkeypatch):
-    from compress.export import ExportParityError
+    from core.export import ExportParityError
 
     def failing_parity(*args, **kwargs):
         raise ExportParityError("forced for the test")
@@ -210,8 +210,8 @@ def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monk
     base = artifacts.find_variant(root, TASK, MODEL)
     with artifacts.create_variant(
             root, task=TASK, model=MODEL, variant="tiny_cnn-onnx-fp16",
-            lineage={"parent": MODEL, "technique": "onnx_fp16"}, input=base.manifest["input"],
-            output=base.manifest["output"], preprocessing=base.manifest["preprocessing"],
+            lineage={"parent": MODEL, "technique": "onnx_fp16"}, input=base.input,
+            output=base.output, preprocessing=dict(base.manifest.preprocessing),
             labels=base.labels) as stale:
         (stale.dir / "model.onnx").write_bytes(base.file("model.onnx").read_bytes())
     lines = []

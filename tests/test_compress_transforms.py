@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress import factorize, profile, structured
+from compress import factorize, structured
+from core import modelstats
 from compress.errors import (InvalidParameterError, NotApplicableError, UnknownTechniqueError,
                              UnsupportedLayerError)
-from compress.export import ExportParityError, check_parity, export_float, run_onnx
+from core.export import ExportParityError, check_parity, export_float, run_onnx
 from compress.pipeline import select
 from compress.recipe import parse_recipe
 from compress.techniques import get_technique
 
-tfs = pytest.importorskip("trainer.tf_setup")
+tfs = pytest.importorskip("core.tf_setup")
 keras = tfs.keras
 L = keras.layers
 
@@ -64,7 +65,7 @@ def test_separable_replacement_cuts_macs_and_keeps_shapes():
     assert "input channel" in plan["kept"]["conv_a"]
     sep = factorize.apply_separable(model, plan)
     assert sep(x).shape == model(x).shape
-    assert profile.count_macs(sep)["macs"] < profile.count_macs(model)["macs"]
+    assert modelstats.count_macs(sep)["macs"] < modelstats.count_macs(model)["macs"]
 
 
 def test_separable_init_is_exact_for_rank_one_kernels():
@@ -199,7 +200,7 @@ def test_batch_norm_after_a_conv_is_quantized_by_folding():
 def test_select_variant_pins_a_variant_for_serve(tmp_path, capsys):
     from compress.cli import main
     from serve.fixtures import write_fixture_artifacts, write_image_variant
-    from trainer.artifacts import selected_variant
+    from core.artifacts import selected_variant
 
     write_image_variant(tmp_path, "sign_mnist", "cnn", seed=2)
     write_fixture_artifacts(tmp_path)  # selects its MLP fixtures

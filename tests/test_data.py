@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import data
-from trainer.tasks import SIGN_LETTERS, get_task
+from core import data
+from core.tasks import SIGN_LETTERS, get_task
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:

@@ -7,14 +7,15 @@ from tests.conftest import REPO
 
 # Modules that must import (and work) with TensorFlow absent. Add new TF-free modules here.
 TF_FREE_MODULES = [
-    "trainer", "trainer.tasks", "trainer.data", "trainer.preprocessing", "trainer.artifacts",
-    "trainer.runtime",
-    "trainer.models", "trainer.recipe", "trainer.plan", "trainer.cli",
+    "core", "core.tasks", "core.data", "core.preprocessing", "core.artifacts", "core.manifest",
+    "core.runtime", "core.runners", "core.measure", "core.modelstats", "core.evaluate",
+    "core.export",
+    "trainer", "trainer.models", "trainer.recipe", "trainer.plan", "trainer.cli",
     "compress", "serve", "benchmarks",
-    "compress.cli", "compress.recipe", "compress.techniques", "compress.pipeline", "compress.export",
-    "benchmarks.runners", "benchmarks.measure", "benchmarks.latency", "benchmarks.load",
+    "compress.cli", "compress.recipe", "compress.techniques", "compress.pipeline",
+    "benchmarks.latency", "benchmarks.load",
     "benchmarks.check", "benchmarks.cli", "benchmarks.report", "benchmarks.suite",
-    "benchmarks.environment", "benchmarks.modelstats",
+    "benchmarks.environment",
     "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",
     "serve.triton_export", "serve.fixtures",
 ]
@@ -47,8 +48,8 @@ def test_tf_free_modules_import_without_tensorflow():
 
 def test_data_and_preprocessing_work_without_tensorflow():
     r = run_without_tensorflow("""
-        from trainer import data
-        from trainer.preprocessing import ImagePreprocessor
+        from core import data
+        from core.preprocessing import ImagePreprocessor
         ds = data.load('fashion_mnist', 'test')
         print(ImagePreprocessor()(ds.x[:4]).shape)
     """)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.preprocessing import (ImagePreprocessor, PreprocessingError, TextTokenizer,
+from core.preprocessing import (ImagePreprocessor, PreprocessingError, TextTokenizer,
                                    preprocessor_from_config, tokenize_words, word_ngrams)
 
 

@@ -20,9 +20,9 @@ from serve import dataplane
 from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
-from trainer.artifacts import selected_variant
-from trainer.runtime import variant_session
-from trainer.tasks import FASHION_LABELS, SIGN_LETTERS
+from core.artifacts import selected_variant
+from core.runtime import variant_session
+from core.tasks import FASHION_LABELS, SIGN_LETTERS
 
 RNG = np.random.default_rng(0)
 
@@ -450,15 +450,16 @@ def test_a_missing_selection_is_reported_not_fatal(tmp_path):
 
 def test_an_unreadable_onnx_file_with_valid_checksums_fails_only_its_model(tmp_path):
     from serve.fixtures import write_image_variant
-    from trainer.artifacts import create_variant, select_variant
+    from core.artifacts import create_variant, select_variant
 
     root = tmp_path
     write_image_variant(root, "fashion_mnist")
-    good = selected_variant(root, "fashion_mnist").manifest
+    good = selected_variant(root, "fashion_mnist")
     with create_variant(root, task="sign_mnist", model="broken", variant="broken",
                         lineage={"parent": None, "technique": "fixture"},
-                        input=good["input"], output=good["output"],
-                        preprocessing=good["preprocessing"], labels=list(SIGN_LETTERS)) as v:
+                        input=good.input, output={"activation": "softmax"},
+                        preprocessing=dict(good.manifest.preprocessing),
+                        labels=list(SIGN_LETTERS)) as v:
         v.path("model.onnx").write_bytes(b"\x08\x07 not a protobuf")
     select_variant(root, "sign_mnist", "broken")
     c = start(create_app(Settings(artifacts=root, providers=("cpu",))))

@@ -12,8 +12,8 @@ from serve.batching import ClientActivity, DynamicBatcher
 from serve.errors import Overloaded
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
-from trainer.artifacts import selected_variant
-from trainer.runtime import variant_session
+from core.artifacts import selected_variant
+from core.runtime import variant_session
 
 
 class RecordingModel:

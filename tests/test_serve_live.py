@@ -21,9 +21,9 @@ from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
 from tests.conftest import REPO
-from trainer.artifacts import selected_variant
-from trainer.runtime import variant_session
-from trainer.tasks import FASHION_LABELS
+from core.artifacts import selected_variant
+from core.runtime import variant_session
+from core.tasks import FASHION_LABELS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -132,11 +132,15 @@ def test_triton_config_says_which_runtime_settings_triton_cannot_apply():
 
     from serve.triton_export import triton_config
 
-    manifest = {"variant": "cnn-int8", "input": {"name": "input", "dtype": "float32",
-                                                 "shape": [None, 28, 28, 1]},
-                "output": {"activation": "softmax"}, "labels": list("abc"),
-                "runtime": {"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}}}
-    text = triton_config("fashion_mnist", manifest, "probs", 32, 500)
+    from core.manifest import InputSpec, Lineage, Manifest, OutputSpec
+
+    manifest = Manifest(
+        task="fashion_mnist", model="cnn", variant="cnn-int8", lineage=Lineage(None, "train"),
+        input=InputSpec("input", "float32", (None, 28, 28, 1), "image"),
+        output=OutputSpec("probs", 3, "softmax"), preprocessing={"type": "image"},
+        labels=tuple("abc"),
+        runtime={"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}})
+    text = triton_config("fashion_mnist", manifest, 32, 500)
     assert "disabled_optimizers=['QDQPropagationTransformer']" in text
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.name == "fashion_mnist" and list(config.output[0].dims) == [3]

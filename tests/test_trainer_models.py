@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from trainer.models import ModelInputs, ModelOptions, UnknownModelError, get_model, list_models
-from trainer.tasks import get_task
+from core.tasks import get_task
 
 
 def _inputs_for(spec) -> tuple[ModelInputs, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.recipe import OPTIMIZERS, Recipe
-from trainer.tf_setup import keras, tf
+from core.tf_setup import keras, tf
 from trainer.optim import current_learning_rate, learning_rate_schedule, make_optimizer, \
     plateau_callback
 from trainer.train import training_callbacks

@@ -63,7 +63,7 @@ def test_cli_unknown_dataset_in_datasets_command(capsys):
 
 def test_keras3_model_gets_a_clear_error():
     keras3 = pytest.importorskip("keras")
-    from trainer.tf_setup import NotATfKerasModelError
+    from core.tf_setup import NotATfKerasModelError
     from trainer.train import fit
 
     if not keras3.__version__.startswith("3"):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.artifacts import load_variant
+from core.artifacts import load_variant
 from trainer.train import build_model, fit, prepare_data, resolved_recipe, seed_everything, \
     train_variant
 
@@ -27,23 +27,24 @@ def test_variant_has_every_promised_file_and_manifest_field(trained):
                  "confusion.png", "summary.txt", "recipe.json"):
         assert v.has_file(name), name
     m = v.manifest
-    assert m["lineage"] == {"parent": None, "technique": "train", "params": m["lineage"]["params"]}
-    assert m["lineage"]["params"]["width"] == 0.25
-    assert m["input"]["shape"] == [None, 28, 28, 1] and m["input"]["dtype"] == "float32"
-    assert m["output"]["activation"] == "softmax"
-    assert m["preprocessing"]["type"] == "image" and len(m["labels"]) == 10
-    assert 0.0 <= m["metrics"]["test_accuracy"] <= 1.0
-    assert "bundled sample" in m["metrics"]["data_source"]
-    assert all(report["ok"] for report in m["extra"]["export"]["parity"])
-    assert json.loads(v.file("recipe.json").read_text()) == m["lineage"]["params"]
+    assert (m.lineage.parent, m.lineage.technique) == (None, "train")
+    assert m.lineage.params["width"] == 0.25
+    assert m.input.shape == (None, 28, 28, 1) and m.input.dtype == "float32"
+    assert m.input.kind == "image" and m.input.channels == 1
+    assert m.output.activation == "softmax" and m.output.width == 10
+    assert m.preprocessing_type == "image" and len(m.labels) == 10
+    assert 0.0 <= m.metrics["test_accuracy"] <= 1.0
+    assert "bundled sample" in m.metrics["data_source"]
+    assert all(report["ok"] for report in m.extra["export"]["parity"])
+    assert json.loads(v.file("recipe.json").read_text()) == v.lineage.to_dict()["params"]
     history = json.loads(v.file("history.json").read_text())
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"}
     assert history["lr"] == [pytest.approx(1e-3)]
 
 
 def test_onnx_file_reproduces_the_keras_accuracy(trained):
-    from compress.export import run_onnx
-    from trainer.data import load
+    from core.export import run_onnx
+    from core.data import load
 
     v = load_variant(trained / "fashion_mnist" / "fashion_mlp")
     test = load("fashion_mnist", "test")
@@ -55,18 +56,18 @@ def test_text_variant_writes_vocabulary(tmp_path):
     v = train_variant("imdb", "imdb_gap", artifacts=tmp_path,
                       overrides={**TINY, "vocab_size": 500, "max_length": 32, "width": 1.0})
     assert v.has_file("vocab.json")
-    assert v.manifest["input"]["dtype"] == "int32" and v.manifest["input"]["shape"] == [None, 32]
-    assert v.manifest["output"]["activation"] == "sigmoid"
+    assert v.input.dtype == "int32" and v.input.shape == (None, 32) and v.input.kind == "text"
+    assert v.output.activation == "sigmoid" and v.output.width == 1
     assert v.preprocessor().vocab_size == 500
 
 
 def test_bigram_model_serves_with_the_tokenizer_it_trained_with(tmp_path):
-    from compress.export import run_onnx
-    from trainer.data import load
+    from core.export import run_onnx
+    from core.data import load
 
     v = train_variant("imdb", "imdb_bigram", artifacts=tmp_path,
                       overrides={**TINY, "vocab_size": 2000, "max_length": 64, "width": 1.0})
-    assert v.manifest["preprocessing"]["ngrams"] == 2
+    assert v.manifest.preprocessing["ngrams"] == 2
     data = prepare_data("imdb", resolved_recipe("imdb_bigram", overrides={
         **TINY, "vocab_size": 2000, "max_length": 64, "width": 1.0}), None)
     served = v.preprocessor()  # built from manifest + vocab.json, as serve does
@@ -107,9 +108,9 @@ def test_ensemble_of_trained_variants(trained, method):
                           artifacts=trained)
     assert v.lineage["technique"] == "ensemble"
     assert v.lineage["params"]["members"] == ["fashion_mlp", "fashion_mlp-seed1"]
-    assert set(v.manifest["extra"]["member_test_accuracy"]) == {"fashion_mlp", "fashion_mlp-seed1"}
+    assert set(v.extra["member_test_accuracy"]) == {"fashion_mlp", "fashion_mlp-seed1"}
     assert v.has_file("model.onnx") and v.has_file("model.keras")
-    from compress.export import run_onnx
+    from core.export import run_onnx
 
     probs = run_onnx(v.file("model.onnx"), v.preprocessor()(np.zeros((3, 28, 28), np.uint8)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -5,7 +5,7 @@ import pytest
 
 from trainer.models import ModelInputs, ModelOptions, create_model
 from trainer.models.applications import backbone_layers, cached_imagenet_weights, FAMILIES
-from trainer.tf_setup import keras
+from core.tf_setup import keras
 from trainer.transfer import TransferError, copy_backbone_weights, freeze_backbone, unfreeze_top
 
 INPUTS = ModelInputs((28, 28, 1), 24)

@@ -7,8 +7,8 @@ is another hand's sign (and digits mirror into non-digits), so only clothing is 
 """
 from __future__ import annotations
 
-from trainer.preprocessing import ImagePreprocessor
-from trainer.tf_setup import keras
+from core.preprocessing import ImagePreprocessor
+from core.tf_setup import keras
 
 HFLIP_KEEPS_LABEL = frozenset({"fashion_mnist"})
 SHIFT = 0.1          # fraction of height/width

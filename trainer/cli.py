@@ -6,11 +6,11 @@ import argparse
 import sys
 import time
 
-from trainer import data
-from trainer.artifacts import ArtifactError
+from core import data
+from core.artifacts import ArtifactError, default_root
 from trainer.errors import TrainerInputError
 from trainer.recipe import CHOICES, load_recipe_file, recipe_field_help
-from trainer.tasks import get_task
+from core.tasks import get_task
 
 
 def _cmd_datasets(args) -> int:
@@ -198,13 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data-dir", help="folder with full datasets (default: $DATA_DIR, else the "
                                       "bundled samples)")
-    s.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts)")
+    s.add_argument("--artifacts", default=str(default_root()),
+                   help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
 
 
 def _check_task(name: str) -> str:
     try:
         get_task(name)
-    except ValueError as e:  # trainer.tasks reports unknown tasks as a plain ValueError
+    except ValueError as e:  # core.tasks reports unknown tasks as a plain ValueError
         raise TrainerInputError(str(e)) from None
     return name
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from trainer.tf_setup import tf
+from core.tf_setup import tf
 
 
 def make_strategy(name: str):

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 
-from trainer import data as datasets
-from trainer.artifacts import DEFAULT_ROOT, Variant, find_variant
+from core.artifacts import Variant, default_root, find_variant
 from trainer.errors import TrainerInputError
-from trainer.tasks import get_task
-from trainer.tf_setup import keras, require_tf_keras_model, tf
+from core.tasks import get_task
+from core.tf_setup import keras, require_tf_keras_model, tf
 
 METHODS = ("average", "vote")
 TIE_BREAK = 1e-3
@@ -57,12 +56,12 @@ def build_ensemble(members: list, method: str = "average", name: str = "ensemble
 
 
 def _check_same_preprocessing(variants: list[Variant]) -> None:
-    configs = {json.dumps(v.manifest["preprocessing"], sort_keys=True) for v in variants}
+    configs = {json.dumps(dict(v.manifest.preprocessing), sort_keys=True) for v in variants}
     if len(configs) != 1:
         raise EnsembleError("members use different preprocessing (" + "; ".join(
-            f"{v.name}: {v.manifest['preprocessing']}" for v in variants) + "); retrain them with "
-            "the same scaling")
-    if variants[0].manifest["preprocessing"].get("type") == "text":
+            f"{v.name}: {dict(v.manifest.preprocessing)}" for v in variants) + "); retrain them "
+            "with the same scaling")
+    if variants[0].manifest.preprocessing_type == "text":
         vocabularies = {v.file("vocab.json").read_text() for v in variants}
         if len(vocabularies) != 1:
             raise EnsembleError("text members have different vocabularies; train them with the "
@@ -70,17 +69,20 @@ def _check_same_preprocessing(variants: list[Variant]) -> None:
 
 
 def ensemble_variants(task: str, member_names: list[str], *, method: str = "average",
-                      artifacts=DEFAULT_ROOT, variant: str | None = None, data_dir=None) -> Variant:
+                      artifacts=None, variant: str | None = None, data_dir=None) -> Variant:
     """Combine trained variants of `task`, evaluate on its test split and write a variant."""
-    from trainer.train import evaluate, load_keras_model, save_variant
+    from core.evaluate import load_keras, split_inputs
+    from trainer.fit import evaluate
+    from trainer.train import save_variant
 
     spec = get_task(task)
+    artifacts = artifacts if artifacts is not None else default_root()
     variants = [find_variant(artifacts, task, name) for name in member_names]
     _check_same_preprocessing(variants)
     preprocessor = variants[0].preprocessor()
-    test = datasets.load(spec.dataset, "test", data_dir=data_dir)
-    x_test = preprocessor(list(test.x)) if spec.kind == "text" else preprocessor(test.x)
-    members = [load_keras_model(v) for v in variants]
+    test = split_inputs(variants[0], "test", data_dir)
+    x_test = test.x
+    members = [load_keras(v) for v in variants]
     member_accuracy = {v.name: evaluate(m, x_test, test.y)[0]["test_accuracy"]
                        for v, m in zip(variants, members)}
     model = build_ensemble(members, method, name=f"ensemble_{method}")

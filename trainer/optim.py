@@ -7,7 +7,7 @@ to validation metrics, so it is a constant rate lowered by the ReduceLROnPlateau
 from __future__ import annotations
 
 from trainer.recipe import Recipe
-from trainer.tf_setup import keras, tf
+from core.tf_setup import keras, tf
 
 
 @keras.utils.register_keras_serializable(package="tinyship")

@@ -78,7 +78,7 @@ class PruneOnValidation:
 
     @staticmethod
     def callback(trial, monitor: str):
-        from trainer.tf_setup import keras
+        from core.tf_setup import keras
 
         def on_epoch_end(epoch, logs):
             value = (logs or {}).get(monitor)
@@ -97,7 +97,8 @@ def run_search(task: str, model: str, *, sampler: str = "tpe", n_trials: int = 1
                params: tuple[str, ...] = tuple(SEARCH_SPACE), data_dir=None,
                pruner=None, seed: int = 0) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished ones (resuming if it exists)."""
-    from trainer.train import build_model, fit, prepare_data, resolved_recipe, seed_everything
+    from trainer.fit import build_model, fit, prepare_data, seed_everything
+    from trainer.train import resolved_recipe
 
     unknown = [p for p in params if p not in SEARCH_SPACE]
     if unknown:

@@ -15,12 +15,12 @@ Where the backbone comes from (`recipe.pretrained`):
 """
 from __future__ import annotations
 
-from trainer.artifacts import find_variant
+from core.artifacts import find_variant
 from trainer.errors import TrainerInputError
 from trainer.models.applications import FAMILIES, backbone_layers, cached_imagenet_weights, \
     keras_models_cache
 from trainer.recipe import Recipe
-from trainer.tf_setup import keras
+from core.tf_setup import keras
 
 
 class TransferError(TrainerInputError):
@@ -87,7 +87,8 @@ def _imagenet_weights(model_name: str, recipe: Recipe, resolution: int) -> str:
 
 def train_transfer(model_name: str, data, recipe: Recipe, artifacts, strategy):
     """Both phases; returns (model, [(phase, history), ...], info for the manifest)."""
-    from trainer.train import build_model, evaluate, fit, load_keras_model
+    from core.evaluate import load_keras
+    from trainer.fit import build_model, evaluate, fit
 
     _check_transferable(model_name)
     resolution = recipe.resolution or 32
@@ -102,7 +103,7 @@ def train_transfer(model_name: str, data, recipe: Recipe, artifacts, strategy):
                 raise TransferError(f"pretrained must be 'imagenet' or '<task>/<variant>', got "
                                     f"{recipe.pretrained!r}")
             source = find_variant(artifacts, task, variant, verify=True)
-            info["copied_layers"] = copy_backbone_weights(load_keras_model(source), model)
+            info["copied_layers"] = copy_backbone_weights(load_keras(source), model)
             info["source_test_accuracy"] = source.metrics.get("test_accuracy")
         else:
             info["weights_file"] = weights
@@ -130,7 +131,7 @@ def train_transfer(model_name: str, data, recipe: Recipe, artifacts, strategy):
 
 def scratch_baseline(model_name: str, data, recipe: Recipe, strategy, transfer_accuracy: float) -> dict:
     """The same model and epoch budget trained from random weights: the gain transfer brings."""
-    from trainer.train import build_model, evaluate, fit, seed_everything
+    from trainer.fit import build_model, evaluate, fit, seed_everything
 
     seed_everything(recipe)
     epochs = recipe.head_epochs + recipe.epochs

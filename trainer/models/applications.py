@@ -41,14 +41,14 @@ class BackboneFamily:
 
 
 def _mobilenet_v2(x, width):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     return keras.applications.MobileNetV2(input_tensor=x, alpha=width, include_top=False,
                                           weights=None)
 
 
 def _mobilenet_v3_small(x, width):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     return keras.applications.MobileNetV3Small(input_tensor=x, alpha=width, include_top=False,
                                                weights=None, include_preprocessing=False)
@@ -93,7 +93,7 @@ def cached_imagenet_weights(family: str, width: float, resolution: int) -> Path 
 
 def backbone_layers(model) -> list:
     """The backbone's layers of a model built here, in graph order (adapter and head excluded)."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     return [layer for layer in model.layers
             if not isinstance(layer, keras.layers.InputLayer)
@@ -101,7 +101,7 @@ def backbone_layers(model) -> list:
 
 
 def _build(family_name: str, inputs: ModelInputs, options: ModelOptions):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     family = FAMILIES[family_name]

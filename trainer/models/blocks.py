@@ -11,7 +11,7 @@ BN_MOMENTUM = 0.9
 
 
 def regularizer(options: ModelOptions):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     if options.l1 or options.l2:
         return keras.regularizers.L1L2(l1=options.l1, l2=options.l2)
@@ -25,7 +25,7 @@ def scaled(units: int, options: ModelOptions) -> int:
 
 def dense(x, units: int, options: ModelOptions, activation="relu", name=None):
     """Dense -> (BatchNorm) -> activation -> (Dropout), the lecture's DNN block."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x = L.Dense(scaled(units, options), kernel_initializer=options.initializer,
@@ -41,7 +41,7 @@ def dense(x, units: int, options: ModelOptions, activation="relu", name=None):
 
 def conv(x, filters: int, options: ModelOptions, kernel_size=3, padding="same"):
     """Conv2D -> (BatchNorm) -> ReLU."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x = L.Conv2D(scaled(filters, options), kernel_size, padding=padding,
@@ -56,7 +56,7 @@ def classifier_head(x, num_classes: int, options: ModelOptions, name="head_outpu
     """Two classes: Dense(1, sigmoid) = p(class 1); more: Dense(C, softmax).
 
     The manifest's output.activation says which (trainer.train reads the output width)."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
     return keras.layers.Dense(units, activation=activation, kernel_initializer=options.initializer,

@@ -11,7 +11,7 @@ from trainer.models.registry import ModelInputs, ModelOptions, register_model
 def _conv_pool_net(inputs: ModelInputs, options: ModelOptions, stages: tuple[tuple[int, ...], ...],
                    dense_units: int, conv_dropout: float, name: str):
     """stages: filters of the convs in each stage; every stage ends in a 2x2 max-pool."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x_in = keras.Input(inputs.input_shape, name="input")

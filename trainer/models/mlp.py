@@ -9,7 +9,7 @@ from trainer.models.registry import ModelInputs, ModelOptions, register_model
 
 
 def _mlp(inputs: ModelInputs, options: ModelOptions, hidden: tuple[int, ...], name: str):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     x_in = keras.Input(inputs.input_shape, name="input")
     x = keras.layers.Flatten()(x_in) if len(inputs.input_shape) > 1 else x_in
@@ -23,7 +23,7 @@ def _mlp(inputs: ModelInputs, options: ModelOptions, hidden: tuple[int, ...], na
                 optimizer="adam", learning_rate=0.05, epochs=300, batch_size=4,
                 validation_split=0.0, early_stopping_patience=0)
 def xor_mlp(inputs: ModelInputs, options: ModelOptions):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     x_in = keras.Input(inputs.input_shape, name="input")
     # tanh rather than ReLU: with 8 units a ReLU net can start with dead units and stall at

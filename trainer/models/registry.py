@@ -59,7 +59,7 @@ class ModelSpec:
     defaults: Mapping = field(default_factory=dict)  # recipe values that train it well
 
     def build(self, inputs: ModelInputs, options: ModelOptions):
-        from trainer.tf_setup import require_tf_keras_model
+        from core.tf_setup import require_tf_keras_model
 
         model = self.builder(inputs, options)
         require_tf_keras_model(model, f"builder of {self.name!r}")

@@ -22,7 +22,7 @@ def _require_vocab(inputs: ModelInputs, name: str) -> int:
                 vocab_size=10_000, max_length=256, early_stopping_patience=3,
                 monitor="val_loss")
 def imdb_gap(inputs: ModelInputs, options: ModelOptions):
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")
@@ -43,7 +43,7 @@ def imdb_gap(inputs: ModelInputs, options: ModelOptions):
 def imdb_cnn(inputs: ModelInputs, options: ModelOptions):
     """The stronger IMDB model: a 1-D CNN detects sentiment phrases anywhere in the review.
     Every op (Gather, Conv, ReduceMax, MatMul) exports to ONNX and TFLite."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")
@@ -69,7 +69,7 @@ def imdb_bigram(inputs: ModelInputs, options: ModelOptions):
     (Joulin et al. 2017, "Bag of Tricks for Efficient Text Classification"). 800 tokens hold
     about 400 words, the whole of 87% of reviews. One Gather, a mean and a dot product: it
     trains in about 2 minutes on 2 cores and answers in microseconds."""
-    from trainer.tf_setup import keras
+    from core.tf_setup import keras
 
     L = keras.layers
     x_in = keras.Input(inputs.input_shape, dtype="int32", name="input")

@@ -4,7 +4,7 @@ TFMOT 0.8.1 and tf2onnx 1.17 only understand Keras 2 models, so every model in t
 project is a `tf_keras` model. `TF_USE_LEGACY_KERAS=1` makes `tf.keras` resolve to
 `tf_keras` as well, which keeps third-party code that says `tf.keras` on the same Keras.
 It must be set before TensorFlow is first imported, which is why every module that needs
-TensorFlow does `from trainer.tf_setup import tf, keras` instead of importing it itself.
+TensorFlow does `from core.tf_setup import tf, keras` instead of importing it itself.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def require_tf_keras_model(model, what: str = "model") -> None:
     if module.startswith("keras"):
         hint = (
             " It is a Keras 3 model (module %r). Build it with `import tf_keras as keras` "
-            "(or `from trainer.tf_setup import keras`): TFMOT and tf2onnx support only Keras 2 "
+            "(or `from core.tf_setup import keras`): TFMOT and tf2onnx support only Keras 2 "
             "(tf_keras) models." % module
         )
     raise NotATfKerasModelError(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.manifest import probabilities
+
 ONNX_OPSET = 17
 ONNX_INPUT_NAME = "input"
 FLOAT_ATOL = 1e-4
@@ -43,17 +45,9 @@ class ParityReport:
                 "ok": self.ok}
 
 
-def as_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """(N, C) softmax stays; (N, 1) sigmoid becomes (N, 2) [p(neg), p(pos)]."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if outputs.ndim == 2 and outputs.shape[1] == 1:
-        return np.concatenate([1.0 - outputs, outputs], axis=1)
-    return outputs
-
-
 def compare(reference: np.ndarray, candidate: np.ndarray, runtime: str,
             quantized: bool) -> ParityReport:
-    ref, cand = as_probabilities(reference), as_probabilities(candidate)
+    ref, cand = probabilities(reference), probabilities(candidate)
     if ref.shape != cand.shape:
         raise ExportParityError(f"{runtime}: output shape {cand.shape} != source {ref.shape}")
     return ParityReport(runtime, len(ref), float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
@@ -76,7 +70,7 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, runtime: str,
 
 def input_signature(model, dtype=None):
     """A TensorSpec with a dynamic batch dimension named `input`, from the model's input."""
-    from trainer.tf_setup import tf
+    from core.tf_setup import tf
 
     shape = [None] + list(model.input_shape[1:])
     return [tf.TensorSpec(shape, dtype or model.inputs[0].dtype, name=ONNX_INPUT_NAME)]
@@ -86,7 +80,7 @@ def export_onnx(model, path: str | Path, opset: int = ONNX_OPSET) -> dict:
     """tf2onnx export with a dynamic batch dimension; returns the ONNX input/output names."""
     import tf2onnx
 
-    from trainer.tf_setup import require_tf_keras_model
+    from core.tf_setup import require_tf_keras_model
 
     require_tf_keras_model(model)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model),
@@ -98,8 +92,8 @@ def export_onnx(model, path: str | Path, opset: int = ONNX_OPSET) -> dict:
 def run_onnx(path: str | Path, x: np.ndarray, batch: int = 512,
              onnxruntime_options: dict | None = None) -> np.ndarray:
     """Outputs of an ONNX model on CPU; `onnxruntime_options`: a manifest's runtime settings
-    (trainer.runtime.variant_session), for a model not yet in a variant."""
-    from trainer.runtime import make_session
+    (core.runtime.variant_session), for a model not yet in a variant."""
+    from core.runtime import make_session
 
     sess = make_session(path, providers=("cpu",), **(onnxruntime_options or {}))
     name = sess.get_inputs()[0].name
@@ -110,7 +104,7 @@ def run_onnx(path: str | Path, x: np.ndarray, batch: int = 512,
 def tflite_bytes(model, optimizations=None, representative_data=None,
                  supported_types=None, int8_io: bool = False) -> bytes:
     """Convert with the TFLite converter (still part of TF 2.21)."""
-    from trainer.tf_setup import tf
+    from core.tf_setup import tf
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if optimizations:
@@ -127,31 +121,12 @@ def tflite_bytes(model, optimizations=None, representative_data=None,
 
 
 def run_tflite(path_or_bytes, x: np.ndarray) -> np.ndarray:
-    """Run a .tflite model with ai-edge-litert, one example at a time (fixed batch 1 input),
-    handling int8 input/output quantization when the model has it."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Outputs of a .tflite model (file or bytes) on LiteRT, one example at a time: converted
+    int8 models can have a fixed batch-1 input."""
+    from core.runners import LiteRTModel
 
-    kw = ({"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray))
-          else {"model_path": str(path_or_bytes)})
-    interp = Interpreter(num_threads=1, **kw)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    interp.resize_tensor_input(inp["index"], [1] + list(x.shape[1:]))
-    interp.allocate_tensors()
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = out["quantization"]
-    results = []
-    for row in x:
-        v = row[None]
-        if inp["dtype"] in (np.int8, np.uint8) and in_scale:
-            v = np.clip(np.round(v / in_scale + in_zero), np.iinfo(inp["dtype"]).min,
-                        np.iinfo(inp["dtype"]).max)
-        interp.set_tensor(inp["index"], v.astype(inp["dtype"]))
-        interp.invoke()
-        y = interp.get_tensor(out["index"]).astype(np.float32)
-        if out["dtype"] in (np.int8, np.uint8) and out_scale:
-            y = (y - out_zero) * out_scale
-        results.append(y[0])
-    return np.stack(results)
+    model = LiteRTModel(path_or_bytes, threads=1)
+    return np.concatenate([model.predict(row[None]) for row in x]).astype(np.float32)
 
 
 def export_float(model, directory: str | Path, parity_inputs: np.ndarray,
@@ -176,7 +151,7 @@ def export_float(model, directory: str | Path, parity_inputs: np.ndarray,
 def export_saved_model(model, directory: str | Path, parity_inputs: np.ndarray) -> dict:
     """Write `saved_model/` (TF SavedModel with a `serving_default` signature) into
     `directory`, reload it and parity-check it like the other float exports."""
-    from trainer.tf_setup import tf
+    from core.tf_setup import tf
 
     path = Path(directory) / "saved_model"
     reference = model(parity_inputs, training=False).numpy()

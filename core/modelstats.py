@@ -1,5 +1,14 @@
 """Model facts that do not need timing: file sizes, parameters, MACs, sparsity.
 
+`model_facts(variant)` is the one answer for a variant; `keras_profile(model)` measures a Keras
+model (compress records it in the manifest when it writes a variant), `onnx_graph_stats(path)`
+an ONNX file.
+
+Keras: MACs are counted per layer from the built model for one example (batch 1) with the
+table LAYER_MACS; layers absent from it do no multiply-accumulates worth counting (activations,
+pooling, normalization) or are listed in `uncounted`, so a report never silently shows a
+too-small number.
+
 Sizes: the raw bytes of each model file and its gzip size (level 9). Unstructured pruning
 leaves the raw size unchanged but the zeros compress, so the gzip column is where pruning shows.
 
@@ -149,13 +158,13 @@ def onnx_graph_stats(path: str | Path) -> dict:
             "macs_unknown_nodes": unknown, "source": "onnx graph"}
 
 
-def model_stats(variant) -> dict:
+def model_facts(variant) -> dict:
     """params/macs/sparsity for a variant: the manifest's values when recorded, else the ONNX
     graph's. "source" says which."""
     recorded = {}
     for section in ("metrics", "extra"):
         for key in ("params", "macs", "sparsity"):
-            value = variant.manifest.get(section, {}).get(key)
+            value = getattr(variant.manifest, section).get(key)
             if key not in recorded and isinstance(value, (int, float)):
                 recorded[key] = value
     if len(recorded) == 3:
@@ -173,3 +182,116 @@ def model_stats(variant) -> dict:
     return {"params": recorded.get("params"), "macs": recorded.get("macs"),
             "sparsity": recorded.get("sparsity"),
             "source": "manifest" if recorded else "unavailable: no model.onnx and none recorded"}
+
+
+# ---------------------------------------------------------------- Keras models
+
+def _spatial(shape) -> int:
+    return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
+
+
+def _conv_macs(layer) -> int:
+    k = int(np.prod(layer.kernel_size))
+    cin = int(layer.input_shape[-1])
+    return _spatial(layer.output_shape) * int(layer.output_shape[-1]) * k * cin // getattr(layer, "groups", 1)
+
+
+def _depthwise_macs(layer) -> int:
+    return _spatial(layer.output_shape) * int(layer.output_shape[-1]) * int(np.prod(layer.kernel_size))
+
+
+def _separable_macs(layer) -> int:
+    cin, cout = int(layer.input_shape[-1]), int(layer.output_shape[-1])
+    mid = cin * layer.depth_multiplier
+    return _spatial(layer.output_shape) * (mid * int(np.prod(layer.kernel_size)) + mid * cout)
+
+
+def _dense_macs(layer) -> int:
+    return _spatial(layer.input_shape) * int(layer.input_shape[-1]) * int(layer.units)
+
+
+def _recurrent_macs(layer, gates: int) -> int:
+    steps = int(layer.input_shape[1])
+    units, features = int(layer.cell.units), int(layer.input_shape[-1])
+    return steps * gates * units * (features + units)
+
+
+LAYER_MACS = {
+    "Conv1D": _conv_macs,
+    "Conv2D": _conv_macs,
+    "DepthwiseConv2D": _depthwise_macs,
+    "SeparableConv2D": _separable_macs,
+    "Dense": _dense_macs,
+    "LSTM": lambda layer: _recurrent_macs(layer, 4),
+    "GRU": lambda layer: _recurrent_macs(layer, 3),
+}
+NO_MACS = frozenset({
+    "InputLayer", "Embedding", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
+    "SpatialDropout2D", "Activation", "ReLU", "Softmax", "LeakyReLU", "BatchNormalization",
+    "LayerNormalization", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "Add", "Concatenate", "Multiply",
+    "Rescaling", "Resizing", "Normalization", "GaussianNoise", "TFOpLambda",
+})
+
+
+def count_macs(model) -> dict:
+    """{"macs": total for one example, "per_layer": {...}, "uncounted": [layer names]}."""
+    per_layer, uncounted = {}, []
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "Bidirectional":
+            per_layer[layer.name] = 2 * LAYER_MACS[type(layer.forward_layer).__name__](layer.forward_layer) \
+                if type(layer.forward_layer).__name__ in LAYER_MACS else 0
+            continue
+        if cls in LAYER_MACS:
+            per_layer[layer.name] = int(LAYER_MACS[cls](layer))
+        elif cls not in NO_MACS:
+            uncounted.append(layer.name)
+    return {"macs": int(sum(per_layer.values())), "per_layer": per_layer, "uncounted": uncounted}
+
+
+def is_kernel(weight) -> bool:
+    name = weight.name.split("/")[-1]
+    return name.startswith(("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings"))
+
+
+def weight_sparsity(model) -> dict:
+    """Fraction of exactly-zero entries of every kernel/embedding matrix, per layer and overall."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        layer_zeros, layer_total = 0, 0
+        for weight in layer.weights:
+            if is_kernel(weight):
+                values = weight.numpy()
+                layer_zeros += int(np.count_nonzero(values == 0))
+                layer_total += values.size
+        if layer_total:
+            per_layer[layer.name] = round(layer_zeros / layer_total, 4)
+            zeros, total = zeros + layer_zeros, total + layer_total
+    return {"sparsity": round(zeros / total, 4) if total else 0.0, "per_layer": per_layer}
+
+
+def model_file_sizes(directory: str | Path) -> dict:
+    """Raw and gzip sizes of the model files present in a variant directory, as flat metrics
+    ({"onnx_bytes", "onnx_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes"})."""
+    out = {}
+    for name in ("model.onnx", "model.tflite"):
+        path = Path(directory) / name
+        if path.is_file():
+            stem = name.split(".")[1]
+            sizes = file_sizes(path)
+            out[f"{stem}_bytes"], out[f"{stem}_gzip_bytes"] = sizes["bytes"], sizes["gzip_bytes"]
+    return out
+
+
+def keras_profile(model) -> dict:
+    """Params, MACs and sparsity of a Keras model, flat metrics plus per-layer details."""
+    macs = count_macs(model)
+    sparsity = weight_sparsity(model)
+    return {
+        "metrics": {"params": int(model.count_params()), "macs": macs["macs"],
+                    "sparsity": sparsity["sparsity"]},
+        "details": {"macs_per_layer": macs["per_layer"], "macs_uncounted": macs["uncounted"],
+                    "sparsity_per_layer": sparsity["per_layer"]},
+    }

@@ -1,6 +1,6 @@
 """Datasets: one loader for every task, from real data, offline.
 
-    from trainer.data import load
+    from core.data import load
     ds = load("fashion_mnist", "train")          # ds.x uint8 (N,28,28), ds.y int64 (N,)
     ds = load("imdb", "test", data_dir="../shared/data")   # ds.x object array of str
 
@@ -16,7 +16,7 @@ Where the data comes from, first match wins:
      data/samples/README.md), so a fresh clone runs offline.
 
 Sign-Language labels: Kaggle's raw labels are 0..24 with 9 (J) absent. Loaders return the
-24 contiguous classes 0..23 (A..Y without J); `trainer.tasks.SIGN_RAW_LABELS` maps back.
+24 contiguous classes 0..23 (A..Y without J); `core.tasks.SIGN_RAW_LABELS` maps back.
 TensorFlow-free; only `download()` imports Keras.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.tasks import SIGN_RAW_LABELS
+from core.tasks import SIGN_RAW_LABELS
 
 DATASETS = ("fashion_mnist", "mnist", "sign_mnist", "imdb", "xor")
 SPLITS = ("train", "test")
@@ -296,7 +296,7 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None,
 
 def download(name: str) -> Path:
     """Fill the Keras cache from the internet (never called by tests)."""
-    from trainer.tf_setup import keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+    from core.tf_setup import keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
     if name == "fashion_mnist":
         keras.datasets.fashion_mnist.load_data()

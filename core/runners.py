@@ -1,16 +1,16 @@
 """Runners: one small interface over the three runtimes a variant can run on.
 
-    from benchmarks.runners import open_runner
+    from core.runners import open_runner
     runner = open_runner(variant, "onnx", providers=("cpu",), threads=1)
     probs = runner.predict(x)          # raw model outputs, numpy in, numpy out
     runner.describe()                  # runtime, provider, threads, file, versions ...
 
 Runtimes (the `RUNTIMES` table; support grows by a row, not an elif):
-  - "keras":  `model.keras` loaded through trainer.tf_setup, called through one compiled
+  - "keras":  `model.keras` loaded through core.tf_setup, called through one compiled
               `tf.function` with a dynamic batch dimension (not `model.predict`, whose per-call
               setup costs milliseconds and would swamp a batch-1 latency);
   - "litert": `model.tflite` through ai-edge-litert's Interpreter, `num_threads` set;
-  - "onnx":   `model.onnx` through `trainer.runtime.variant_session(..., strict=True)`, so a
+  - "onnx":   `model.onnx` through `core.runtime.variant_session(..., strict=True)`, so a
               provider that cannot run here is an error listing the usable ones, never a silent
               CPU run. On CUDA the runner can also bind inputs/outputs on the device (IO binding)
               to time the model without host<->device copies, optionally replaying a CUDA graph.
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import abc
 import os
-from pathlib import Path
 
 import numpy as np
 
-from trainer.artifacts import ArtifactError, Variant, load_variant
-from trainer.runtime import ProviderUnavailableError, provider_name, variant_session
+from core.artifacts import ArtifactError, Variant, load_variant
+from core.runtime import ProviderUnavailableError, provider_name, variant_session
 
 __all__ = ["Runner", "OnnxRunner", "LiteRTRunner", "KerasRunner", "RUNTIMES", "MODEL_FILES",
            "open_runner", "runtimes_for", "RunnerError", "ProviderUnavailableError", "ArtifactError"]
@@ -58,12 +57,12 @@ class Runner(abc.ABC):
         self.threads = int(threads)
         self.provider = "cpu"
         self.model_file = variant.file(MODEL_FILES[self.runtime])
-        spec = variant.manifest["input"]
-        self.input_dtype = np.dtype(spec.get("dtype", "float32"))
+        self.input_dtype = variant.input.numpy_dtype
 
     @abc.abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw model outputs for a batch `x` (probabilities, see manifest["output"])."""
+        """Raw model outputs for a batch `x` (`variant.output.probabilities` makes them
+        per-class probabilities)."""
 
     def _as_input(self, x: np.ndarray) -> np.ndarray:
         # No copy when the caller already passes the right dtype (the benchmark loop does).
@@ -122,7 +121,7 @@ class OnnxRunner(Runner):
         self.provider = self.provider_full.replace("ExecutionProvider", "").lower()
         self.device = _DEVICE_OF_PROVIDER.get(self.provider_full, "cpu")
         self.cuda_graph = bool(cuda_graph)
-        declared = variant.manifest["input"].get("name")
+        declared = variant.input.name
         names = [i.name for i in self.session.get_inputs()]
         self.input_name = declared if declared in names else names[0]
         out = self.session.get_outputs()[0]
@@ -196,46 +195,58 @@ class OnnxRunner(Runner):
         self.session = None
 
 
-class LiteRTRunner(Runner):
-    """A `.tflite` model in ai-edge-litert's Interpreter.
+class LiteRTModel:
+    """The one way a `.tflite` model is run: ai-edge-litert's Interpreter on a file or bytes.
 
     The interpreter has one input shape at a time: a batch of another size resizes the input
     tensor and reallocates, so timing loops should keep the batch size fixed (they do).
     Int8-I/O models get their inputs quantized and outputs dequantized here, as the server would.
     """
 
-    runtime = "litert"
-
-    def __init__(self, variant: Variant, threads: int = 1):
-        super().__init__(variant, threads)
+    def __init__(self, model: str | os.PathLike | bytes, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(self.model_file), num_threads=self.threads)
-        self._in = self.interpreter.get_input_details()[0]
+        source = ({"model_content": bytes(model)} if isinstance(model, (bytes, bytearray))
+                  else {"model_path": os.fspath(model)})
+        self.interpreter = Interpreter(num_threads=int(threads), **source)
+        self.input_details = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
         self._batch = None
 
     def _ensure_batch(self, n: int) -> None:
         if n != self._batch:
-            self.interpreter.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]])
+            shape = [n, *self.input_details["shape"][1:]]
+            self.interpreter.resize_tensor_input(self.input_details["index"], shape)
             self.interpreter.allocate_tensors()
             self._batch = n
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        x = self._as_input(x)
         self._ensure_batch(len(x))
-        dtype = self._in["dtype"]
-        scale, zero = self._in["quantization"]
+        dtype = self.input_details["dtype"]
+        scale, zero = self.input_details["quantization"]
         if dtype in (np.int8, np.uint8) and scale:
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.interpreter.set_tensor(self._in["index"], x.astype(dtype, copy=False))
+        self.interpreter.set_tensor(self.input_details["index"], x.astype(dtype, copy=False))
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self._out["index"])
         out_scale, out_zero = self._out["quantization"]
         if self._out["dtype"] in (np.int8, np.uint8) and out_scale:
             y = (y.astype(np.float32) - out_zero) * out_scale
         return y
+
+
+class LiteRTRunner(Runner):
+    """A variant's `.tflite` model on LiteRT (see `LiteRTModel`)."""
+
+    runtime = "litert"
+
+    def __init__(self, variant: Variant, threads: int = 1):
+        super().__init__(variant, threads)
+        self.model = LiteRTModel(self.model_file, self.threads)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(self._as_input(x))
 
     def library_version(self) -> str:
         from importlib.metadata import PackageNotFoundError, version
@@ -247,11 +258,11 @@ class LiteRTRunner(Runner):
 
     def describe(self) -> dict:
         d = super().describe()
-        d["tflite_input_dtype"] = np.dtype(self._in["dtype"]).name
+        d["tflite_input_dtype"] = np.dtype(self.model.input_details["dtype"]).name
         return d
 
     def close(self) -> None:
-        self.interpreter = None
+        self.model = None
 
 
 class KerasRunner(Runner):
@@ -265,7 +276,8 @@ class KerasRunner(Runner):
 
     def __init__(self, variant: Variant, threads: int = 1):
         super().__init__(variant, threads)
-        from trainer.tf_setup import keras, tf
+        from core.evaluate import load_keras
+        from core.tf_setup import tf
 
         self._tf = tf
         try:
@@ -273,7 +285,7 @@ class KerasRunner(Runner):
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             pass  # already initialized by an earlier runner; describe() reports the real value
-        self.model = _load_keras_model(keras, self.model_file)
+        self.model = load_keras(variant)
         spec = tf.TensorSpec([None, *self.model.input_shape[1:]], self.model.inputs[0].dtype)
         model = self.model
         self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
@@ -294,17 +306,6 @@ class KerasRunner(Runner):
     def close(self) -> None:
         self.model = None
         self._call = None
-
-
-def _load_keras_model(keras, path: Path):
-    """Load with TFMOT's custom objects in scope when TFMOT is installed: quantization-aware
-    and pruning-wrapped models cannot be deserialized without them."""
-    try:
-        import tensorflow_model_optimization as tfmot
-    except ImportError:
-        return keras.models.load_model(path, compile=False)
-    with tfmot.quantization.keras.quantize_scope():
-        return keras.models.load_model(path, compile=False)
 
 
 RUNTIMES = {"keras": KerasRunner, "litert": LiteRTRunner, "onnx": OnnxRunner}

@@ -13,24 +13,8 @@ Layout of an artifact root (default `artifacts/`):
           model.onnx, model.tflite, keras/..., vocab.json, history.json, ...
         selected.json          which variant `serve` uses for this task (written by compress)
 
-Manifest (schema_version 1):
-
-    schema_version  int, SCHEMA_VERSION
-    task            task name (trainer.tasks)
-    model           model-zoo name the variant descends from (e.g. "fashion_cnn")
-    variant         directory name, unique within the task
-    created         ISO-8601 UTC time
-    lineage         {"parent": variant name or null, "technique": str, "params": {...}}
-    input           {"name": str, "shape": [None, ...], "dtype": "float32"|"int32"}
-    output          {"name": str, "activation": "softmax"|"sigmoid"}
-    preprocessing   trainer.preprocessing config ({"type": "image"|"text"|"vector", ...})
-    labels          list of human label names, index = class id
-    metrics         {"test_accuracy": float, ...}
-    files           {relative path: {"sha256": hex, "bytes": int}} for every file but the manifest
-    extra           free-form details (recipe, per-layer sparsity, ...)
-    runtime         optional settings a runtime must use to run the model as it was measured,
-                    e.g. {"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}};
-                    every ONNX session is opened through trainer.runtime.variant_session
+The manifest is `core.manifest.Manifest` (schema and migrations there); `Variant.manifest`
+is that typed, frozen record, and nothing outside `core` reads manifest.json itself.
 
 Writes are atomic: a variant is assembled in a hidden temp directory beside its final
 place and renamed into place only when complete, so an interrupted write leaves nothing
@@ -50,19 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-SELECTED = "selected.json"
-DEFAULT_ROOT = Path(os.environ.get("ARTIFACTS_DIR", "artifacts"))
+from core.manifest import (MANIFEST, SCHEMA_VERSION, ArtifactError, FileEntry, InputSpec,  # noqa: F401
+                           Lineage, Manifest, OutputSpec)
 
-REQUIRED_FIELDS = ("schema_version", "task", "model", "variant", "lineage", "input",
-                   "output", "preprocessing", "labels", "metrics", "files")
+SELECTED = "selected.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _TMP_PREFIX = ".tmp-"
 
 
-class ArtifactError(Exception):
-    """A variant directory that does not satisfy the contract; the message names the file."""
+def default_root() -> Path:
+    """The artifact root when none is given: `ARTIFACTS_DIR`, else `artifacts`. Read at call
+    time, so every command line honours the variable however it was started."""
+    return Path(os.environ.get("ARTIFACTS_DIR") or "artifacts")
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -81,12 +64,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _file_table(directory: Path) -> dict[str, dict]:
+def _file_table(directory: Path) -> dict[str, FileEntry]:
     table = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             rel = p.relative_to(directory).as_posix()
-            table[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            table[rel] = FileEntry(sha256_file(p), p.stat().st_size)
     return table
 
 
@@ -109,72 +92,112 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def onnxruntime_options(manifest: dict) -> dict:
-    """The ONNX Runtime settings a manifest asks for ({} when it has none)."""
-    return dict(manifest.get("runtime", {}).get("onnxruntime", {}))
+def onnx_io_names(path: str | Path) -> tuple[str, str] | None:
+    """(first input, first output) tensor names of an ONNX file, read from its graph; None
+    for a file that is not an ONNX model (it has no tensors to name; loading it fails later,
+    with the runtime's message). The manifest takes the names from here when a variant is
+    written, so it can never name a tensor its model.onnx does not have."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    except (DecodeError, ValueError, RuntimeError):
+        return None
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    if not inputs or not graph.output:
+        raise ArtifactError(f"{path}: the ONNX graph has no input or no output")
+    return inputs[0], graph.output[0].name
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> None:
+    _write_json_atomic(Path(directory) / MANIFEST, manifest.to_dict())
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A loaded, verified variant: its directory and manifest."""
+    """A loaded, verified variant: its directory and typed manifest."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     @property
     def name(self) -> str:
-        return self.manifest["variant"]
+        return self.manifest.variant
 
     @property
     def model(self) -> str:
-        return self.manifest["model"]
+        return self.manifest.model
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     @property
     def metrics(self) -> dict:
-        return dict(self.manifest.get("metrics", {}))
+        return dict(self.manifest.metrics)
 
     @property
-    def lineage(self) -> dict:
-        return dict(self.manifest["lineage"])
+    def extra(self) -> dict:
+        return dict(self.manifest.extra)
+
+    @property
+    def lineage(self) -> Lineage:
+        return self.manifest.lineage
+
+    @property
+    def input(self) -> InputSpec:
+        return self.manifest.input
+
+    @property
+    def output(self) -> OutputSpec:
+        return self.manifest.output
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(self.manifest.files)
 
     @property
     def onnxruntime_options(self) -> dict:
         """The manifest's ONNX Runtime settings for model.onnx ({} when it has none)."""
-        return onnxruntime_options(self.manifest)
+        return self.manifest.onnxruntime_options
 
     def file(self, rel: str) -> Path:
         """Path of a file listed in the manifest; a clear error when it is not there."""
-        if rel not in self.manifest["files"]:
-            listed = ", ".join(sorted(self.manifest["files"])) or "none"
+        if rel not in self.manifest.files:
+            listed = ", ".join(self.files) or "none"
             raise ArtifactError(f"{self.path}: variant has no file {rel!r} (files: {listed})")
         return self.path / rel
 
     def has_file(self, rel: str) -> bool:
-        return rel in self.manifest["files"]
+        return rel in self.manifest.files
 
     def preprocessor(self):
-        from trainer.preprocessing import preprocessor_from_config
+        from core.preprocessing import preprocessor_from_config
 
-        return preprocessor_from_config(self.manifest["preprocessing"], self.path)
+        return preprocessor_from_config(dict(self.manifest.preprocessing), self.path)
 
     def size_bytes(self, rel: str) -> int:
-        return int(self.manifest["files"][rel]["bytes"])
+        return int(self.manifest.files[rel].bytes)
 
 
 class VariantBuilder:
-    """Staging area handed out by `create_variant`: write files into `.dir`, fill `.manifest`."""
+    """Staging area handed out by `create_variant`: write files into `.dir`; `metrics`,
+    `extra`, `params` (the lineage's) and `runtime` are plain dicts to fill in. The manifest is
+    assembled from them, the files and the ONNX graph's tensor names when the block ends."""
 
-    def __init__(self, directory: Path, manifest: dict):
+    def __init__(self, directory: Path, manifest: Manifest):
         self.dir = directory
-        self.manifest = manifest
+        self._manifest = manifest
+        self.metrics = dict(manifest.metrics)
+        self.extra = dict(manifest.extra)
+        self.params = dict(manifest.lineage.params)
+        self.runtime = dict(manifest.runtime)
 
     def path(self, rel: str) -> Path:
         p = self.dir / rel
@@ -190,6 +213,37 @@ class VariantBuilder:
             shutil.copy2(src, dst)
         return dst
 
+    def build(self) -> Manifest:
+        m = self._manifest
+        inp, out = m.input, m.output
+        names = onnx_io_names(self.dir / "model.onnx") if (self.dir / "model.onnx").is_file() \
+            else None
+        if names is not None:
+            in_name, out_name = names
+            inp = InputSpec(in_name, inp.dtype, inp.shape, inp.kind)
+            out = OutputSpec(out_name, out.width, out.activation)
+        return m.replace(input=inp, output=out, metrics=self.metrics, extra=self.extra,
+                         runtime=self.runtime, files=_file_table(self.dir),
+                         lineage=Lineage(m.lineage.parent, m.lineage.technique, self.params))
+
+
+def _input_spec(spec: InputSpec | dict, preprocessing: dict) -> InputSpec:
+    if isinstance(spec, InputSpec):
+        return spec
+    if "shape" not in spec:
+        raise ArtifactError(f"input spec {spec!r} has no shape; expected name, dtype, shape "
+                            f"(batch first, e.g. [None, 28, 28, 1]) and kind")
+    kind = spec.get("kind") or preprocessing.get("type")
+    return InputSpec.from_dict({"name": "input", **spec, "kind": kind})
+
+
+def _output_spec(spec: OutputSpec | dict, labels) -> OutputSpec:
+    if isinstance(spec, OutputSpec):
+        return spec
+    activation = spec.get("activation", "softmax")
+    return OutputSpec.from_dict({"name": "output", "activation": activation,
+                                 "width": OutputSpec.width_for(activation, len(labels)), **spec})
+
 
 def variant_dir(root: str | Path, task: str, variant: str) -> Path:
     _check_name("task", task)
@@ -204,54 +258,48 @@ def create_variant(
     task: str,
     model: str,
     variant: str,
-    lineage: dict,
-    input: dict,
-    output: dict,
+    lineage: Lineage | dict,
+    input: InputSpec | dict,
+    output: OutputSpec | dict,
     preprocessing: dict,
     labels: list[str],
     metrics: dict | None = None,
     extra: dict | None = None,
+    runtime: dict | None = None,
     overwrite: bool = True,
 ) -> Iterator[VariantBuilder]:
     """Assemble a variant atomically.
 
         with create_variant(root, task=..., model=..., ...) as v:
-            keras_model.save(v.path("keras/model.keras"))
-            v.manifest["metrics"]["test_accuracy"] = 0.91
+            keras_model.save(v.path("model.keras"))
+            v.metrics["test_accuracy"] = 0.91
         # here the variant exists, complete, with checksums; on an exception nothing does.
+
+    `input`/`output` may be specs or dicts; a dict's missing `kind` is the preprocessing type
+    and a missing `width` follows from the activation and the labels. Tensor names are read
+    from model.onnx when the variant has one.
     """
     final = variant_dir(root, task, variant)
     if final.exists() and not overwrite:
         raise ArtifactError(f"{final} already exists (pass overwrite=True to replace it)")
-    for key in ("parent", "technique"):
-        if key not in lineage:
-            raise ArtifactError(f"lineage must have {key!r}, got keys {sorted(lineage)}")
+    preprocessing = dict(preprocessing)
+    manifest = Manifest(
+        task=task, model=model, variant=variant,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        lineage=lineage if isinstance(lineage, Lineage) else Lineage.from_dict(lineage),
+        input=_input_spec(input, preprocessing), output=_output_spec(output, labels),
+        preprocessing=preprocessing, labels=tuple(labels), metrics=metrics or {},
+        extra=extra or {}, runtime=runtime or {})
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f"{_TMP_PREFIX}{variant}.{uuid.uuid4().hex}"
     staging.mkdir()
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "task": task,
-        "model": model,
-        "variant": variant,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "lineage": {"parent": lineage.get("parent"), "technique": lineage["technique"],
-                    "params": dict(lineage.get("params", {}))},
-        "input": dict(input),
-        "output": dict(output),
-        "preprocessing": dict(preprocessing),
-        "labels": list(labels),
-        "metrics": dict(metrics or {}),
-        "files": {},
-        "extra": dict(extra or {}),
-    }
     builder = VariantBuilder(staging, manifest)
     try:
         yield builder
-        builder.manifest["files"] = _file_table(staging)
-        if not builder.manifest["files"]:
+        built = builder.build()
+        if not built.files:
             raise ArtifactError(f"variant {task}/{variant} has no files; write the model first")
-        _write_json_atomic(staging / MANIFEST, builder.manifest)
+        write_manifest(staging, built)
         _swap_into_place(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -282,28 +330,9 @@ def remove_variant(root: str | Path, task: str, variant: str) -> bool:
     return True
 
 
-def read_manifest(path: str | Path) -> dict:
-    """Parse and validate a manifest without checking file checksums."""
-    mpath = Path(path) / MANIFEST
-    if not mpath.is_file():
-        raise ArtifactError(f"{mpath}: manifest is missing; {Path(path)} is not a model variant")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{mpath}: expected a JSON object")
-    version = manifest.get("schema_version")
-    if version is None:
-        raise ArtifactError(f"{mpath}: no schema_version; expected {SCHEMA_VERSION}")
-    if version != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{mpath}: unknown schema_version {version!r}; this toolkit reads {SCHEMA_VERSION}"
-        )
-    missing = [k for k in REQUIRED_FIELDS if k not in manifest]
-    if missing:
-        raise ArtifactError(f"{mpath}: missing field(s) {', '.join(missing)}")
-    return manifest
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse, validate and migrate a variant's manifest without checking file checksums."""
+    return Manifest.read(path)
 
 
 def load_variant(path: str | Path, verify: bool = True) -> Variant:
@@ -311,14 +340,14 @@ def load_variant(path: str | Path, verify: bool = True) -> Variant:
     path = Path(path)
     manifest = read_manifest(path)
     if verify:
-        for rel, info in manifest["files"].items():
+        for rel, info in manifest.files.items():
             fpath = path / rel
             if not fpath.is_file():
                 raise ArtifactError(f"{fpath}: listed in {path / MANIFEST} but missing")
             digest = sha256_file(fpath)
-            if digest != info["sha256"]:
+            if digest != info.sha256:
                 raise ArtifactError(
-                    f"{fpath}: checksum mismatch (manifest {info['sha256'][:12]}..., "
+                    f"{fpath}: checksum mismatch (manifest {info.sha256[:12]}..., "
                     f"file {digest[:12]}...); the file changed after the variant was written"
                 )
     return Variant(path, manifest)
@@ -328,21 +357,21 @@ def update_manifest(variant: Variant, *, metrics: dict | None = None,
                     extra: dict | None = None) -> Variant:
     """Merge new metrics/extra into a variant's manifest (atomic replace of manifest.json).
 
-    Model files are not touched, so their checksums stay valid.
+    Model files are not touched, so their checksums stay valid. An older manifest is written
+    back in the current schema.
     """
     manifest = read_manifest(variant.path)
-    if metrics:
-        manifest["metrics"].update(metrics)
-    if extra:
-        manifest["extra"].update(extra)
-    _write_json_atomic(variant.path / MANIFEST, manifest)
+    manifest = manifest.replace(metrics={**manifest.metrics, **(metrics or {})},
+                                extra={**manifest.extra, **(extra or {})})
+    write_manifest(variant.path, manifest)
     return Variant(variant.path, manifest)
 
 
-def list_variants(root: str | Path = DEFAULT_ROOT, task: str | None = None,
+def list_variants(root: str | Path | None = None, task: str | None = None,
                   verify: bool = False) -> list[Variant]:
-    """All variants under `root` (optionally of one task), sorted by task then name."""
-    root = Path(root)
+    """All variants under `root` (default: `default_root()`), optionally of one task, sorted
+    by task then name."""
+    root = Path(root) if root is not None else default_root()
     if not root.is_dir():
         return []
     tasks = [root / task] if task else sorted(p for p in root.iterdir() if p.is_dir())
@@ -393,10 +422,10 @@ def selected_variant(root: str | Path, task: str, verify: bool = True) -> Varian
     return find_variant(root, task, name, verify=verify)
 
 
-def clean_stale_temporaries(root: str | Path = DEFAULT_ROOT) -> list[Path]:
+def clean_stale_temporaries(root: str | Path | None = None) -> list[Path]:
     """Remove staging directories left behind by a killed process (not by an exception)."""
     removed = []
-    root = Path(root)
+    root = Path(root) if root is not None else default_root()
     if root.is_dir():
         for p in root.glob(f"*/{_TMP_PREFIX}*"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -127,7 +127,7 @@ def variant_session(variant, **kwargs):
     ORT moves the first QuantizeLinear in front of the float MaxPool and runs that MaxPool
     on uint8 in a slow NCHW kernel (54 us instead of 2 us per Fashion image).
     """
-    from trainer.artifacts import ArtifactError
+    from core.artifacts import ArtifactError
 
     options = variant.onnxruntime_options
     unknown = sorted(set(options) - set(VARIANT_ONNXRUNTIME_OPTIONS))
