@@ -21,12 +21,11 @@ the artifacts are at hand, else listed as too noisy to judge, not failed.
 Two more things keep CI from failing on noise rather than on regressions:
   - a row whose speed ratio fails is measured again before it is failed (`remeasure`: the row
     and its Keras baseline, interleaved, more rounds), up to `REMEASURES` (2) times; only a
-    regression that every re-measurement confirms fails. In CI, one run out of several saw
-    single rows 25-32% slower while the same code re-measured within budget.
+    regression that every re-measurement confirms fails: on a busy machine single rows run
+    25-32% slower while the same code re-measures within budget.
   - the baseline stores, per row, the lowest of the run's ratio and `REMEASURES` more
-    measurements: a single high one sets a bar that honest runs miss. Seen: a MobileNet LiteRT
-    row stored at 38.2x (the lower of two) while its siblings sat at 25-32x; CI then measured
-    26.2x and failed, and three re-measurements here gave 24.0-25.3x.
+    measurements: a single high one sets a bar that honest runs miss (docs/measurements.md has
+    the row that taught this).
   - a baseline row missing from the run because `compress` rejected that export in this run
     (its parity check failed: int8 exports of models trained on the bundled samples agree with
     their float parent on 99.0% of inputs give or take a few images, and another CPU's float

@@ -195,7 +195,7 @@ def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
 
 
 def render_latency_markdown(record: dict) -> str:
-    from benchmarks.report import latency_table
+    from benchmarks.report import latency_table, markdown_table
 
     head, rows = latency_table(record)
     env = record["environment"]
@@ -206,9 +206,8 @@ def render_latency_markdown(record: dict) -> str:
              f" · CPU provider threads: {record['settings']['threads']}", "",
              "numpy: session.run with numpy in/out (copies included); bound: IO binding, "
              "input/output on the provider's device, copies excluded; cuda-graph: bound + "
-             "CUDA-graph replay. items/s = batch / time per call.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+             "CUDA-graph replay. items/s = batch / time per call.", ""]
+    lines += markdown_table(head, rows)
     lines += ["", "Fastest per model:"]
     for key, f in record["fastest"].items():
         b1 = f.get("batch1")

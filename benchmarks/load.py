@@ -369,7 +369,7 @@ def run_load(settings: LoadSettings, progress=print) -> dict:
 
 
 def render_load_markdown(record: dict) -> str:
-    from benchmarks.report import load_table
+    from benchmarks.report import load_table, markdown_table
 
     head, rows = load_table(record)
     env = record["environment"]
@@ -379,9 +379,8 @@ def render_load_markdown(record: dict) -> str:
              "and server share them when run on one machine)",
              f"Answers checked against: {record['reference']['detail']}; inputs: "
              f"{record['reference']['examples']} test examples from "
-             f"{record['reference']['data_source']}.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+             f"{record['reference']['data_source']}.", ""]
+    lines += markdown_table(head, rows)
     kinds = {k for lvl in record["levels"] for k in lvl["error_kinds"]}
     if kinds:
         lines += ["", "Errors by kind: " + "; ".join(

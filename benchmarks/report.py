@@ -149,12 +149,8 @@ def render_markdown(bench: dict) -> str:
         rows = task_rows(bench, task)
         lines += ["", f"## {task}", "",
                   f"Accuracy on {info['n_test']} test examples from `{info['data_source']}`.", ""]
-        head = _header(batches)
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join("---" for _ in head) + "|")
-        for r in rows:
-            lines.append("| " + " | ".join(_table_cells({**r, "data_source": info["data_source"]},
-                                                        batches)) + " |")
+        lines += markdown_table(_header(batches), (
+            _table_cells({**r, "data_source": info["data_source"]}, batches) for r in rows))
         best = best_rows(rows, batches)
         if best:
             lines += [""] + [f"- fastest at {k}: **{r['variant']}** on {r['runtime']}"
@@ -184,6 +180,15 @@ def _front_rows(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- plots
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 
 def write_plots(bench: dict, out_dir: Path) -> list[Path]:
     """Per task: accuracy vs batch-1 p50 latency (log x, Pareto front marked) and model size
@@ -221,11 +226,7 @@ def write_plots(bench: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"{task}: accuracy vs latency ({bench['settings']['threads']} thread(s))")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        path = out_dir / f"{task}_accuracy_latency.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir / f"{task}_accuracy_latency.png"))
 
         sizes = {}
         for r in task_rows(bench, task):  # one bar per variant: its ONNX file, else any file
@@ -242,11 +243,7 @@ def write_plots(bench: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("KiB")
         ax.set_title(f"{task}: model size per variant")
         ax.legend(fontsize=8)
-        path = out_dir / f"{task}_size.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir / f"{task}_size.png"))
     return written
 
 
@@ -258,6 +255,12 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 td:first-child,td:nth-child(2),th{text-align:left}th{background:#f0f0f0}
 img{max-width:48%;margin:4px;border:1px solid #ddd}.curves img{max-width:31%}
 .note{color:#555;font-size:13px}.err{color:#b00}"""
+
+
+def markdown_table(head: list[str], rows) -> list[str]:
+    """The lines of a Markdown table."""
+    return (["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+            + ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows])
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:

@@ -263,8 +263,7 @@ class SpeedupRemeasurer:
     of load on a shared machine slows both rather than one of them; the fastest query of all
     rounds is kept for each. Each Keras baseline stays open between calls instead of being
     loaded again for each of the ~260 re-measurements of `check --update` (a dozen baselines
-    serve them all). Measured here: 2.3 s per re-measurement loading the baseline each time,
-    2.1 s keeping it open; the measuring itself (5 rounds x 2 x 0.2 s) is most of it."""
+    serve them all); the measuring itself (5 rounds x 2 x 0.2 s) is most of each call."""
 
     def __init__(self, bench: dict, *, rounds: int = 5, budget_s: float = 0.2,
                  progress: Callable[[str], None] = _log):

@@ -22,6 +22,14 @@ from compress import graph
 from compress.errors import InvalidParameterError, NotApplicableError
 
 
+def _require_rewrites(plan: dict, nothing: str, why_none: str) -> dict:
+    """The plan, or NotApplicableError saying why no layer is rewritten."""
+    if not plan["layers"]:
+        raise NotApplicableError(
+            f"{nothing} ({summarize_kept(plan['kept']) if plan['kept'] else why_none})")
+    return plan
+
+
 def summarize_kept(kept: dict[str, str], shown: int = 3) -> str:
     """'reason: a, b, c and 32 more; other reason: d' (a MobileNet has 35 1x1 convs)."""
     by_reason: dict[str, list[str]] = {}
@@ -70,43 +78,32 @@ SEPARABLE = {"Conv2D": _separable_reason}
 
 def plan_separable(model, skip_layers=(), min_input_channels: int = 4) -> dict:
     plan = {"min_input_channels": min_input_channels, "layers": {}, "kept": {}}
-    for layer in model.layers:
-        cls = type(layer).__name__
-        if cls not in SEPARABLE:
-            continue
-        reason = "in skip_layers" if graph.matches(layer, skip_layers) else \
-            SEPARABLE[cls](layer, min_input_channels)
+    for layer in graph.candidate_layers(model, SEPARABLE, skip_layers, plan["kept"]):
+        reason = SEPARABLE[type(layer).__name__](layer, min_input_channels)
         if reason:
             plan["kept"][layer.name] = reason
         else:
             plan["layers"][layer.name] = {"replacement": f"{layer.name}_separable",
                                           "kernel_size": list(layer.kernel_size)}
-    if not plan["layers"]:
-        raise NotApplicableError(
-            f"no Conv2D of {model.name!r} can be made depthwise-separable"
-            + (" (" + summarize_kept(plan["kept"]) + ")" if plan["kept"]
-               else " (the model has no Conv2D layer)"))
-    return plan
+    return _require_rewrites(plan, f"no Conv2D of {model.name!r} can be made depthwise-separable",
+                             "the model has no Conv2D layer")
+
+
+def _separable_chain(conv, step: dict):
+    from core.tf_setup import keras
+
+    c = conv.get_config()
+    sep = keras.layers.SeparableConv2D(
+        c["filters"], c["kernel_size"], strides=c["strides"], padding=c["padding"],
+        data_format=c["data_format"], dilation_rate=c["dilation_rate"], depth_multiplier=1,
+        activation=c["activation"], use_bias=c["use_bias"], name=step["replacement"])
+    weights = conv.get_weights()
+    depthwise, pointwise = separable_init(weights[0])
+    return [sep], {sep.name: [depthwise, pointwise] + weights[1:]}
 
 
 def apply_separable(model, plan: dict):
-    from core.tf_setup import keras
-
-    config = graph.functional_config(model)
-    layers = {layer.name: layer for layer in model.layers}
-    new_weights = {}
-    for name, step in plan["layers"].items():
-        conv = layers[name]
-        c = conv.get_config()
-        sep = keras.layers.SeparableConv2D(
-            c["filters"], c["kernel_size"], strides=c["strides"], padding=c["padding"],
-            data_format=c["data_format"], dilation_rate=c["dilation_rate"], depth_multiplier=1,
-            activation=c["activation"], use_bias=c["use_bias"], name=step["replacement"])
-        graph.replace_with_chain(config, name, [sep])
-        weights = conv.get_weights()
-        depthwise, pointwise = separable_init(weights[0])
-        new_weights[sep.name] = [depthwise, pointwise] + weights[1:]
-    return graph.Rebuild(config, new_weights).build(model)
+    return graph.replace_layers(model, plan, _separable_chain)
 
 
 # ------------------------------------------------------------------ low rank
@@ -163,14 +160,8 @@ def plan_low_rank(model, rank: int | None = None, rank_ratio: float | None = Non
     if rank_ratio is not None and not 0 < rank_ratio <= 1:
         raise InvalidParameterError(f"rank_ratio must be in (0, 1], got {rank_ratio!r}")
     plan = {"rank": rank, "rank_ratio": rank_ratio, "layers": {}, "kept": {}}
-    for layer in model.layers:
-        cls = type(layer).__name__
-        if cls not in LOW_RANK:
-            continue
-        if graph.matches(layer, skip_layers):
-            plan["kept"][layer.name] = "in skip_layers"
-            continue
-        rows, cols = LOW_RANK[cls][0](layer).shape
+    for layer in graph.candidate_layers(model, LOW_RANK, skip_layers, plan["kept"]):
+        rows, cols = LOW_RANK[type(layer).__name__][0](layer).shape
         r = choose_rank(min(rows, cols), rank, rank_ratio)
         if require_saving and r * (rows + cols) >= rows * cols:
             plan["kept"][layer.name] = (f"rank {r} of a {rows}x{cols} matrix saves no parameters "
@@ -179,26 +170,16 @@ def plan_low_rank(model, rank: int | None = None, rank_ratio: float | None = Non
         plan["layers"][layer.name] = {"shape": [rows, cols], "rank": r,
                                       "params_before": rows * cols,
                                       "params_after": r * (rows + cols)}
-    if not plan["layers"]:
-        raise NotApplicableError(
-            f"no Dense/Embedding of {model.name!r} gets smaller at this rank"
-            + (" (" + summarize_kept(plan["kept"]) + ")" if plan["kept"]
-               else " (the model has no Dense or Embedding layer)"))
-    return plan
+    return _require_rewrites(plan, f"no Dense/Embedding of {model.name!r} gets smaller at this rank",
+                             "the model has no Dense or Embedding layer")
+
+
+def _low_rank_pair(layer, step: dict):
+    matrix_of, pair_of = LOW_RANK[type(layer).__name__]
+    u, s, vt = np.linalg.svd(matrix_of(layer).astype(np.float64), full_matrices=False)
+    r = step["rank"]
+    return pair_of(layer, r, (u[:, :r] * s[:r]).astype(np.float32), vt[:r].astype(np.float32))
 
 
 def apply_low_rank(model, plan: dict):
-    config = graph.functional_config(model)
-    layers = {layer.name: layer for layer in model.layers}
-    new_weights = {}
-    for name, step in plan["layers"].items():
-        layer = layers[name]
-        matrix_of, pair_of = LOW_RANK[type(layer).__name__]
-        u, s, vt = np.linalg.svd(matrix_of(layer).astype(np.float64), full_matrices=False)
-        r = step["rank"]
-        left = (u[:, :r] * s[:r]).astype(np.float32)
-        right = vt[:r].astype(np.float32)
-        chain, weights = pair_of(layer, r, left, right)
-        graph.replace_with_chain(config, name, chain)
-        new_weights.update(weights)
-    return graph.Rebuild(config, new_weights).build(model)
+    return graph.replace_layers(model, plan, _low_rank_pair)

@@ -114,6 +114,31 @@ class Rebuild:
         return model
 
 
+def replace_layers(model, plan: dict, replacement) -> object:
+    """A new model with every layer of `plan["layers"]` replaced by a chain of new layers:
+    `replacement(layer, step)` -> (chain, {new layer name: weights})."""
+    config = functional_config(model)
+    layers = {layer.name: layer for layer in model.layers}
+    new_weights = {}
+    for name, step in plan["layers"].items():
+        chain, weights = replacement(layers[name], step)
+        replace_with_chain(config, name, chain)
+        new_weights.update(weights)
+    return Rebuild(config, new_weights).build(model)
+
+
+def candidate_layers(model, classes, skip_layers, kept: dict):
+    """The model's layers whose class is in `classes`, in order; those `skip_layers` selects
+    are recorded in `kept` (layer name -> reason) instead."""
+    for layer in model.layers:
+        if type(layer).__name__ not in classes:
+            continue
+        if matches(layer, skip_layers):
+            kept[layer.name] = "in skip_layers"
+            continue
+        yield layer
+
+
 def matches(layer, selectors) -> bool:
     """True when a layer is named by `selectors` (layer names or layer class names)."""
     return layer.name in selectors or type(layer).__name__ in selectors

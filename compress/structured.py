@@ -149,13 +149,8 @@ def plan_channel_pruning(model, ratio: float, skip_layers=(), round_to: int = 8)
     """Which producers lose which channels: a serializable plan (stored in the lineage)."""
     config = graph.functional_config(model)
     plan = {"ratio": ratio, "round_to": round_to, "layers": {}, "kept_whole": {}}
-    for layer in model.layers:
+    for layer in graph.candidate_layers(model, PRODUCERS, skip_layers, plan["kept_whole"]):
         cls = type(layer).__name__
-        if cls not in PRODUCERS:
-            continue
-        if graph.matches(layer, skip_layers):
-            plan["kept_whole"][layer.name] = "in skip_layers"
-            continue
         reason = _layer_ok(layer)
         group = find_group(model, config, layer.name) if reason is None else None
         reason = reason or group.blocked

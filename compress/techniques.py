@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from compress import factorize, graph, structured
 from compress.errors import InvalidParameterError, UnknownTechniqueError
 from compress.training import FineTune
 
@@ -172,10 +173,29 @@ class MagnitudePrune(Technique):
                        magnitude.strip(wrapped), history=history)
 
 
-class ChannelPrune(Technique):
+class GraphRewrite(Technique):
+    """A technique that plans a rewrite of the parent Keras model's layers, builds the
+    rewritten model and fine-tunes it with the parent as teacher. Subclasses name the planner
+    (`plan(model, *params)` -> what to rewrite, recorded in the manifest), the parameters it
+    takes, and the rewriter (`rewrite(model, plan)` -> the new tf_keras model)."""
+
+    trains = True
+    planner: Callable[..., dict]
+    plan_params: tuple[str, ...]
+    rewriter: Callable
+
+    def apply(self, inputs, p, out_dir):
+        source = inputs.load_parent_model()
+        graph.check_selectors(source, p["skip_layers"], "skip_layers")
+        plan = type(self).planner(source, *(p[k] for k in self.plan_params))
+        model = type(self).rewriter(source, plan)
+        history = self.fine_tune(model, inputs, p, teacher=source)
+        return Outcome(plan, model, history=history)
+
+
+class ChannelPrune(GraphRewrite):
     name = "channels"
     description = "structured pruning: drop the lowest-L1 filters/units, rebuild smaller, fine-tune"
-    trains = True
     params = {
         "ratio": Param(0.5, _is_fraction, "a fraction of channels to remove in (0, 1)"),
         "round_to": Param(8, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -186,21 +206,14 @@ class ChannelPrune(Technique):
     def suffix(self, p):
         return f"channels-{_fmt(p['ratio'])}"
 
-    def apply(self, inputs, p, out_dir):
-        from compress import graph, structured
-
-        source = inputs.load_parent_model()
-        graph.check_selectors(source, p["skip_layers"], "skip_layers")
-        plan = structured.plan_channel_pruning(source, p["ratio"], p["skip_layers"], p["round_to"])
-        model = structured.apply_channel_pruning(source, plan)
-        history = self.fine_tune(model, inputs, p, teacher=source)
-        return Outcome(plan, model, history=history)
+    planner = structured.plan_channel_pruning
+    plan_params = ("ratio", "skip_layers", "round_to")
+    rewriter = structured.apply_channel_pruning
 
 
-class Separable(Technique):
+class Separable(GraphRewrite):
     name = "separable"
     description = "Conv2D k x k -> depthwise k x k + pointwise 1x1 (rank-1 SVD init), fine-tune"
-    trains = True
     params = {
         "min_input_channels": Param(4, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "skip_layers": SKIP,
@@ -211,21 +224,14 @@ class Separable(Technique):
     def suffix(self, p):
         return "separable"
 
-    def apply(self, inputs, p, out_dir):
-        from compress import factorize, graph
-
-        source = inputs.load_parent_model()
-        graph.check_selectors(source, p["skip_layers"], "skip_layers")
-        plan = factorize.plan_separable(source, p["skip_layers"], p["min_input_channels"])
-        model = factorize.apply_separable(source, plan)
-        history = self.fine_tune(model, inputs, p, teacher=source)
-        return Outcome(plan, model, history=history)
+    planner = factorize.plan_separable
+    plan_params = ("skip_layers", "min_input_channels")
+    rewriter = factorize.apply_separable
 
 
-class LowRank(Technique):
+class LowRank(GraphRewrite):
     name = "lowrank"
     description = "Dense/Embedding -> low-rank pair from a truncated SVD, fine-tune"
-    trains = True
     params = {
         "rank": Param(None, lambda v: v is None or (_is_int(v) and v >= 1),
                       "null or an integer >= 1"),
@@ -248,15 +254,9 @@ class LowRank(Technique):
     def suffix(self, p):
         return f"lowrank-k{p['rank']}" if p["rank"] is not None else f"lowrank-r{_fmt(p['rank_ratio'])}"
 
-    def apply(self, inputs, p, out_dir):
-        from compress import factorize, graph
-
-        source = inputs.load_parent_model()
-        graph.check_selectors(source, p["skip_layers"], "skip_layers")
-        plan = factorize.plan_low_rank(source, p["rank"], p["rank_ratio"], p["skip_layers"])
-        model = factorize.apply_low_rank(source, plan)
-        history = self.fine_tune(model, inputs, p, teacher=source)
-        return Outcome(plan, model, history=history)
+    planner = factorize.plan_low_rank
+    plan_params = ("rank", "rank_ratio", "skip_layers")
+    rewriter = factorize.apply_low_rank
 
 
 class QuantizationAware(Technique):
@@ -292,14 +292,10 @@ class QuantizationAware(Technique):
         # tf2onnx folds the weights' fake quantization into float constants, between QDQ pairs
         # on the activations. Two ORT transformers then misread the graph:
         #  - QDQ propagation moves activation QDQ pairs around MaxPool and Reshape, which then
-        #    run on uint8 in slow NCHW kernels. Fashion CNN, one thread: 204 -> 125 us at batch
-        #    1, 231 -> 98 us per image at batch 32 without it (lecture MLP 26 -> 13 us).
-        #  - WeightBiasQuantization re-quantizes those float weights on its own terms. On
-        #    MobileNetV2 (depthwise convs) the ONNX then agreed with the Keras QAT model on the
-        #    top class of 50% (sign) and 70.5% (fashion) of the parity inputs; without it, on
-        #    96.5% and 98.8% (still under the 99% bar, on the bundled samples). On the others it
-        #    bought nothing (sign CNN 354 -> 266 us at batch 1 without it, Fashion CNN and MLP
-        #    unchanged).
+        #    run on uint8 in slow NCHW kernels (about twice the float latency);
+        #  - WeightBiasQuantization re-quantizes those float weights on its own terms, which
+        #    changes the top class of depthwise-conv models (MobileNetV2) against Keras.
+        # The numbers behind both are in docs/measurements.md.
         return {"disabled_optimizers": ["QDQPropagationTransformer", "WeightBiasQuantization"]}
 
 
@@ -365,8 +361,7 @@ class OnnxStaticInt8(_OnnxPostTraining):
         "per_channel": Param(True, lambda v: isinstance(v, bool), "true or false"),
         # Keep the first convolution (and what follows it up to the next weighted layer) in
         # float. With one input channel its int8 kernel is a K=9 GEMM that runs slower than
-        # the float one: on the Fashion CNN, 21 us of the 46 us per image at batch 32 was the
-        # int8 first convolution, which takes 5 us in float.
+        # the float one (docs/measurements.md has the per-operator profile).
         "float_first_layer": Param(False, lambda v: isinstance(v, bool), "true or false"),
     }
 

@@ -27,12 +27,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from core.tasks import SIGN_RAW_LABELS
 
-DATASETS = ("fashion_mnist", "mnist", "sign_mnist", "imdb", "xor")
 SPLITS = ("train", "test")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
@@ -41,8 +41,6 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# Where keras.datasets / get_file put each dataset inside the Keras cache.
-_KERAS_CACHE_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist.npz", "imdb": "aclImdb"}
 _SIGN_RAW_TO_CLASS = np.full(256, -1, dtype=np.int64)
 _SIGN_RAW_TO_CLASS[list(SIGN_RAW_LABELS)] = np.arange(len(SIGN_RAW_LABELS))
 
@@ -170,58 +168,116 @@ def _read_aclimdb(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array(labels, dtype=np.int64)
 
 
-# ---------------------------------------------------------------- sources
+# ---------------------------------------------------------------- formats
+# A format knows where its files sit inside a folder and how to read one split from them.
+# `find(folder, dataset, split)` returns the path to read (a file or a folder) or None.
 
-def _candidate_dirs(base: Path, name: str) -> list[Path]:
+@dataclass(frozen=True)
+class Format:
+    name: str
+    find: Callable[[Path, str, str], Path | None]
+    read: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
+    # For the .npz formats: the arrays of one split, as `make_samples` writes them.
+    arrays: Callable[[np.ndarray, np.ndarray, str], dict] | None = None
+
+
+def _in_folder_or_subfolder(base: Path, name: str) -> list[Path]:
     return [base, base / name]
 
 
-def _from_directory(name: str, split: str, base: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Try every format the dataset may have in `base`; None when none is there."""
-    npz = base / f"{name}.npz"
-    if npz.is_file():
-        reader = _read_imdb_npz if name == "imdb" else _read_images_npz
-        x, y = reader(npz, split)
-        return x, y, str(npz)
-    for d in _candidate_dirs(base, name):
-        if name in ("fashion_mnist", "mnist"):
-            img, lab = (d / f for f in _IDX_FILES[split])
-            if img.is_file() and lab.is_file():
-                return read_idx(img), read_idx(lab).astype(np.int64), str(img)
-        elif name == "sign_mnist":
-            for csv_path in (d / f"sign_mnist_{split}.csv",
-                             d / f"sign_mnist_{split}" / f"sign_mnist_{split}.csv"):
-                if csv_path.is_file():
-                    x, y = _read_sign_csv(csv_path)
-                    return x, y, str(csv_path)
-        elif name == "imdb":
-            for acl in (d / "aclImdb", d):
-                if (acl / split / "pos").is_dir():
-                    x, y = _read_aclimdb(acl, split)
-                    return x, y, str(acl)
+def _find_npz(base: Path, name: str, split: str) -> Path | None:
+    path = base / f"{name}.npz"
+    return path if path.is_file() else None
+
+
+def _find_idx(base: Path, name: str, split: str) -> Path | None:
+    """The images file, when its labels file lies beside it."""
+    for d in _in_folder_or_subfolder(base, name):
+        if all((d / f).is_file() for f in _IDX_FILES[split]):
+            return d / _IDX_FILES[split][0]
     return None
 
+
+def _read_idx_pair(images: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    img, lab = (images.parent / f for f in _IDX_FILES[split])
+    return read_idx(img), read_idx(lab).astype(np.int64)
+
+
+def _find_sign_csv(base: Path, name: str, split: str) -> Path | None:
+    for d in _in_folder_or_subfolder(base, name):
+        for path in (d / f"sign_mnist_{split}.csv",
+                     d / f"sign_mnist_{split}" / f"sign_mnist_{split}.csv"):
+            if path.is_file():
+                return path
+    return None
+
+
+def _find_aclimdb(base: Path, name: str, split: str) -> Path | None:
+    for d in _in_folder_or_subfolder(base, name):
+        for acl in (d / "aclImdb", d):
+            if (acl / split / "pos").is_dir():
+                return acl
+    return None
+
+
+def _image_arrays(x, y, split) -> dict:
+    return {f"x_{split}": x, f"y_{split}": y.astype(np.uint8)}
+
+
+def _text_arrays(x, y, split) -> dict:
+    blobs = [s.encode("utf-8") for s in x]
+    return {f"{split}_text_utf8": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+            f"{split}_offsets": np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+            .astype(np.int64),
+            f"y_{split}": y.astype(np.uint8)}
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("images_npz", _find_npz, _read_images_npz, _image_arrays),
+    Format("text_npz", _find_npz, _read_imdb_npz, _text_arrays),
+    Format("idx", _find_idx, _read_idx_pair),
+    Format("sign_csv", _find_sign_csv, lambda path, split: _read_sign_csv(path)),
+    Format("aclimdb", _find_aclimdb, _read_aclimdb),
+)}
+
+
+# ---------------------------------------------------------------- datasets
 
 def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
 
 
-def _from_keras_cache(name: str, split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
-    cached = _KERAS_CACHE_NAMES.get(name)
-    if cached is None:
-        return None
-    path = keras_cache_dir() / cached
-    if name == "mnist" and path.is_file():
-        x, y = _read_images_npz(path, split)
-        return x, y, str(path)
-    if name == "fashion_mnist" and path.is_dir():
-        img, lab = (path / f for f in _IDX_FILES[split])
-        if img.is_file() and lab.is_file():
-            return read_idx(img), read_idx(lab).astype(np.int64), str(img)
-    if name == "imdb" and (path / split / "pos").is_dir():
-        x, y = _read_aclimdb(path, split)
-        return x, y, str(path)
-    return None
+def _download_keras(loader: str) -> Callable[[], None]:
+    def download():
+        from core.tf_setup import keras
+
+        getattr(keras.datasets, loader).load_data()
+    return download
+
+
+def _download_aclimdb() -> None:
+    # keras.datasets.imdb gives integer sequences with its own vocabulary; we want the raw
+    # reviews so that our tokenizer (shared with the server) builds the vocabulary.
+    from core.tf_setup import keras
+
+    keras.utils.get_file("aclImdb_v1.tar.gz",
+                         "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                         extract=True, cache_dir=str(keras_cache_dir().parent))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: the formats it comes in (tried in this order in a data directory, the
+    first being the .npz of ../shared/data and of the bundled samples), where the Keras cache
+    keeps it, how a user gets it, and how raw labels become class ids."""
+
+    name: str
+    formats: tuple[str, ...]
+    how_to_provide: str
+    keras_cache: tuple[str, str] | None = None   # (path inside the cache, format name)
+    download: Callable[[], None] | None = None
+    labels: Callable[[np.ndarray], np.ndarray] | None = None
+    builtin: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def _xor() -> tuple[np.ndarray, np.ndarray]:
@@ -229,17 +285,60 @@ def _xor() -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([0, 1, 1, 0], dtype=np.int64)
 
 
-_HOW_TO_PROVIDE = {
-    "fashion_mnist": "pass --data-dir/DATA_DIR with fashion_mnist.npz or the IDX .gz files, "
-                     "or run `python -m trainer download fashion_mnist` (keras.datasets)",
-    "mnist": "pass --data-dir/DATA_DIR with mnist.npz or the IDX .gz files, "
-             "or run `python -m trainer download mnist` (keras.datasets)",
-    "sign_mnist": "download sign_mnist_{train,test}.csv from "
-                  "https://www.kaggle.com/datasets/datamunge/sign-language-mnist "
-                  "and pass their folder as --data-dir/DATA_DIR (or sign_mnist.npz)",
-    "imdb": "pass --data-dir/DATA_DIR with imdb.npz or the aclImdb/ folder, "
-            "or run `python -m trainer download imdb` (fetches aclImdb_v1.tar.gz)",
-}
+DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
+    DatasetSpec("fashion_mnist", ("images_npz", "idx"),
+                "pass --data-dir/DATA_DIR with fashion_mnist.npz or the IDX .gz files, "
+                "or run `python -m trainer download fashion_mnist` (keras.datasets)",
+                keras_cache=("fashion-mnist", "idx"), download=_download_keras("fashion_mnist")),
+    DatasetSpec("mnist", ("images_npz", "idx"),
+                "pass --data-dir/DATA_DIR with mnist.npz or the IDX .gz files, "
+                "or run `python -m trainer download mnist` (keras.datasets)",
+                keras_cache=("mnist.npz", "images_npz"), download=_download_keras("mnist")),
+    DatasetSpec("sign_mnist", ("images_npz", "sign_csv"),
+                "download sign_mnist_{train,test}.csv from "
+                "https://www.kaggle.com/datasets/datamunge/sign-language-mnist "
+                "and pass their folder as --data-dir/DATA_DIR (or sign_mnist.npz)",
+                labels=sign_raw_to_class),
+    DatasetSpec("imdb", ("text_npz", "aclimdb"),
+                "pass --data-dir/DATA_DIR with imdb.npz or the aclImdb/ folder, "
+                "or run `python -m trainer download imdb` (fetches aclImdb_v1.tar.gz)",
+                keras_cache=("aclImdb", "aclimdb"), download=_download_aclimdb),
+    DatasetSpec("xor", (), "the XOR truth table", builtin=_xor),
+)}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
+
+
+# ---------------------------------------------------------------- sources
+
+def _read_first(spec: DatasetSpec, base: Path, split: str, formats=None):
+    """(x, y, source) from the first of the dataset's formats found in `base`, else None."""
+    for fmt in (FORMATS[f] for f in (formats or spec.formats)):
+        path = fmt.find(base, spec.name, split)
+        if path is not None:
+            x, y = fmt.read(path, split)
+            return x, y, str(path)
+    return None
+
+
+def _keras_cache_path(spec: DatasetSpec) -> Path | None:
+    return keras_cache_dir() / spec.keras_cache[0] if spec.keras_cache else None
+
+
+def _from_keras_cache(spec: DatasetSpec, split: str):
+    if spec.keras_cache is None:
+        return None
+    path, fmt = _keras_cache_path(spec), FORMATS[spec.keras_cache[1]]
+    # A file in the cache is read as it is; a folder is searched like a data directory.
+    if path.is_file():
+        x, y = fmt.read(path, split)
+        return x, y, str(path)
+    return _read_first(spec, path, split, (fmt.name,)) if path.is_dir() else None
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
@@ -253,13 +352,12 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
 def load(name: str, split: str = "train", data_dir: str | Path | None = None,
          use_keras_cache: bool = True, use_samples: bool = True) -> Dataset:
     """Load a dataset split from the first source that has it (see module docstring)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    spec = get_dataset(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if name == "xor":
-        x, y = _xor()
-        return Dataset(name, split, x, y, "builtin XOR truth table")
+    if spec.builtin is not None:
+        x, y = spec.builtin()
+        return Dataset(name, split, x, y, f"builtin: {spec.how_to_provide}")
 
     looked: list[str] = []
     found = None
@@ -268,27 +366,26 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None,
         if not base.is_dir():
             raise DatasetNotFoundError(f"data directory {base} does not exist (from "
                                        f"{'--data-dir' if data_dir else 'DATA_DIR'})")
-        found = _from_directory(name, split, base)
+        found = _read_first(spec, base, split)
         looked.append(f"data directory {base} (and {base / name})")
-    if found is None and use_keras_cache:
-        found = _from_keras_cache(name, split)
-        if name in _KERAS_CACHE_NAMES:
-            looked.append(f"Keras cache {keras_cache_dir() / _KERAS_CACHE_NAMES[name]}")
+    if found is None and use_keras_cache and spec.keras_cache:
+        found = _from_keras_cache(spec, split)
+        looked.append(f"Keras cache {_keras_cache_path(spec)}")
     if found is None and use_samples:
         sample = SAMPLES_DIR / f"{name}.npz"
         if sample.is_file():
-            found = _from_directory(name, split, SAMPLES_DIR)
-            found = (found[0], found[1], f"bundled sample {sample}")
+            x, y, _ = _read_first(spec, SAMPLES_DIR, split, spec.formats[:1])
+            found = (x, y, f"bundled sample {sample}")
         looked.append(f"bundled sample {sample}")
     if found is None:
         raise DatasetNotFoundError(
             f"dataset {name!r} ({split}) not found. Looked in: " + "; ".join(looked)
             + (". No data directory was given." if base is None else ".")
-            + f" To provide it: {_HOW_TO_PROVIDE[name]}."
+            + f" To provide it: {spec.how_to_provide}."
         )
     x, y, source = found
-    if name == "sign_mnist":
-        y = sign_raw_to_class(y)
+    if spec.labels is not None:
+        y = spec.labels(y)
     if len(x) != len(y):
         raise DatasetFormatError(f"{source}: {len(x)} inputs but {len(y)} labels")
     return Dataset(name, split, x, y.astype(np.int64), source)
@@ -296,22 +393,10 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None,
 
 def download(name: str) -> Path:
     """Fill the Keras cache from the internet (never called by tests)."""
-    from core.tf_setup import keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
-    if name == "fashion_mnist":
-        keras.datasets.fashion_mnist.load_data()
-    elif name == "mnist":
-        keras.datasets.mnist.load_data()
-    elif name == "imdb":
-        # keras.datasets.imdb gives integer sequences with its own vocabulary; we want the raw
-        # reviews so that our tokenizer (shared with the server) builds the vocabulary.
-        keras.utils.get_file(
-            "aclImdb_v1.tar.gz",
-            "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-            extract=True, cache_dir=str(keras_cache_dir().parent),
-        )
-    else:
-        raise ValueError(f"{name!r} cannot be downloaded automatically: {_HOW_TO_PROVIDE.get(name, 'built in')}")
+    spec = get_dataset(name)
+    if spec.download is None:
+        raise ValueError(f"{name!r} cannot be downloaded automatically: {spec.how_to_provide}")
+    spec.download()
     return keras_cache_dir()
 
 
@@ -323,20 +408,13 @@ def make_samples(source_dir: str | Path, out_dir: str | Path = SAMPLES_DIR,
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, (n_train, n_test) in sizes.items():
+        fmt = FORMATS[get_dataset(name).formats[0]]  # the .npz format
         src = source_dir / f"{name}.npz"
         arrays = {}
         for split, n in (("train", n_train), ("test", n_test)):
-            if name == "imdb":
-                x, y = _read_imdb_npz(src, split)
-                idx = np.sort(stratified_indices(y, n, seed))
-                blobs = [s.encode("utf-8") for s in x[idx]]
-                arrays[f"{split}_text_utf8"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-                arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-                arrays[f"y_{split}"] = y[idx].astype(np.uint8)
-            else:
-                x, y = _read_images_npz(src, split)
-                idx = np.sort(stratified_indices(y, n, seed))
-                arrays[f"x_{split}"], arrays[f"y_{split}"] = x[idx], y[idx].astype(np.uint8)
+            x, y = fmt.read(src, split)
+            idx = np.sort(stratified_indices(y, n, seed))
+            arrays.update(fmt.arrays(x[idx], y[idx], split))
         path = out_dir / f"{name}.npz"
         np.savez_compressed(path, **arrays)
         written[name] = path

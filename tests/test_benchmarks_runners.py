@@ -4,7 +4,7 @@ import pytest
 
 from core.modelstats import file_sizes, model_facts
 from core.runners import RunnerError, open_runner, runtimes_for
-from core.export import as_probabilities
+from core.manifest import probabilities as as_probabilities
 from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
 from tests.test_imports import run_without_tensorflow
 from core import data as datasets

@@ -140,7 +140,7 @@ def test_int8_with_a_float_first_layer_records_the_settings_it_runs_with(root, r
 
     variant = artifacts.find_variant(root, TASK, "tiny_cnn-onnx-qdq-int8-minmax-pc-float-first")
     assert variant.onnxruntime_options == {"disabled_optimizers": ["QDQPropagationTransformer"]}
-    kept = variant.lineage["params"]["plan"]["float_nodes"]
+    kept = variant.lineage.params["plan"]["float_nodes"]
     assert "conv_a" in kept[0] and any("MaxPool" in name for name in kept)
     graph = onnx.load(variant.file("model.onnx")).graph
     weights = {i.name for i in graph.initializer}

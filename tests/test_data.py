@@ -162,3 +162,47 @@ def test_full_dataset_counts(name, full_data_dir):
         assert isinstance(tr.x[0], str)
     else:
         assert tr.x.shape[1:] == (28, 28) and tr.x.dtype == np.uint8
+
+
+# ---- every row of the dataset and format registries
+
+FILE_DATASETS = [name for name, spec in data.DATASETS.items() if spec.builtin is None]
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_every_dataset_has_a_bundled_sample_in_its_first_format(name, no_keras_cache):
+    spec = data.get_dataset(name)
+    assert data.FORMATS[spec.formats[0]].arrays is not None  # make_samples can write it
+    for split in data.SPLITS:
+        ds = data.load(name, split)
+        assert len(ds) > 0 and ds.source.startswith("bundled sample")
+        assert ds.y.min() >= 0 and ds.y.max() < get_task(name).num_classes
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_a_missing_dataset_says_how_to_provide_it(tmp_path, name, no_keras_cache):
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load(name, "test", data_dir=tmp_path, use_samples=False)
+    assert data.get_dataset(name).how_to_provide in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", sorted(data.FORMATS))
+def test_no_format_finds_anything_in_an_empty_folder(tmp_path, fmt):
+    for name in FILE_DATASETS:
+        assert data.FORMATS[fmt].find(tmp_path, name, "train") is None
+
+
+@pytest.mark.parametrize("fmt", sorted(f for f, v in data.FORMATS.items() if v.arrays))
+def test_npz_formats_read_back_what_they_write(tmp_path, fmt):
+    f = data.FORMATS[fmt]
+    name = next(n for n in FILE_DATASETS if data.get_dataset(n).formats[0] == fmt)
+    source = data.load(name, "test").subset(12)
+    np.savez(tmp_path / f"{name}.npz", **f.arrays(source.x, source.y, "test"))
+    x, y = f.read(f.find(tmp_path, name, "test"), "test")
+    assert list(x) == list(source.x) if x.dtype == object else np.array_equal(x, source.x)
+    assert np.array_equal(y, source.y)
+
+
+def test_an_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*fashion_mnist"):
+        data.load("cifar")

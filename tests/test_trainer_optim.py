@@ -9,7 +9,7 @@ from trainer.recipe import OPTIMIZERS, Recipe
 from core.tf_setup import keras, tf
 from trainer.optim import current_learning_rate, learning_rate_schedule, make_optimizer, \
     plateau_callback
-from trainer.train import training_callbacks
+from trainer.fit import training_callbacks
 
 STEPS_PER_EPOCH = 10
 LR = 0.1
@@ -116,3 +116,11 @@ def test_reduce_on_plateau_lowers_the_rate():
     for epoch, acc in enumerate([0.5, 0.6, 0.6, 0.6]):
         callback.on_epoch_end(epoch, {"val_accuracy": acc})
     assert current_learning_rate(model.optimizer) == pytest.approx(0.025)
+
+
+def test_the_recipe_names_exactly_the_implemented_optimizers_schedules_and_strategies():
+    from trainer import distribute, optim, recipe
+
+    assert set(recipe.OPTIMIZERS) == set(optim.OPTIMIZERS)
+    assert set(recipe.SCHEDULES) == set(optim.SCHEDULES)
+    assert set(recipe.STRATEGIES) == set(distribute.STRATEGIES)

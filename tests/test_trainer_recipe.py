@@ -64,7 +64,7 @@ def test_cli_unknown_dataset_in_datasets_command(capsys):
 def test_keras3_model_gets_a_clear_error():
     keras3 = pytest.importorskip("keras")
     from core.tf_setup import NotATfKerasModelError
-    from trainer.train import fit
+    from trainer.fit import fit
 
     if not keras3.__version__.startswith("3"):
         pytest.skip("Keras 3 is not installed")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.artifacts import load_variant
-from trainer.train import build_model, fit, prepare_data, resolved_recipe, seed_everything, \
-    train_variant
+from trainer.fit import build_model, fit, prepare_data, seed_everything
+from trainer.train import resolved_recipe, train_variant
 
 TINY = {"max_train_examples": 300, "epochs": 1, "width": 0.25, "early_stopping_patience": 0}
 
@@ -106,8 +106,8 @@ def test_ensemble_of_trained_variants(trained, method):
 
     v = ensemble_variants("fashion_mnist", ["fashion_mlp", "fashion_mlp-seed1"], method=method,
                           artifacts=trained)
-    assert v.lineage["technique"] == "ensemble"
-    assert v.lineage["params"]["members"] == ["fashion_mlp", "fashion_mlp-seed1"]
+    assert v.lineage.technique == "ensemble"
+    assert v.lineage.params["members"] == ["fashion_mlp", "fashion_mlp-seed1"]
     assert set(v.extra["member_test_accuracy"]) == {"fashion_mlp", "fashion_mlp-seed1"}
     assert v.has_file("model.onnx") and v.has_file("model.keras")
     from core.export import run_onnx

@@ -97,7 +97,8 @@ def test_missing_imagenet_weights_say_which_file_and_the_alternative(tmp_path, m
 
 
 def test_two_phase_transfer_reports_both_phases(tmp_path, monkeypatch):
-    from trainer.train import prepare_data, resolved_recipe, train_model
+    from trainer.fit import prepare_data
+    from trainer.train import resolved_recipe, train_model
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     path = tmp_path / "models" / FAMILIES["mobilenet_v2"].weights_file(0.35, 32)

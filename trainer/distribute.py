@@ -9,15 +9,18 @@ import os
 from core.tf_setup import tf
 
 
+# recipe.strategy -> the tf.distribute strategy. "multiworker": each host runs the same command
+# with its own TF_CONFIG ({"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
+# "index": i}}); without TF_CONFIG it is a single local worker.
+STRATEGIES = {
+    "default": tf.distribute.get_strategy,
+    "mirrored": tf.distribute.MirroredStrategy,
+    "multiworker": tf.distribute.MultiWorkerMirroredStrategy,
+}
+
+
 def make_strategy(name: str):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        # Each host runs the same command with its own TF_CONFIG
-        # ({"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker", "index": i}});
-        # without TF_CONFIG it is a single local worker.
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    return STRATEGIES.get(name, tf.distribute.get_strategy)()
 
 
 def describe_strategy(strategy) -> dict:

@@ -62,6 +62,15 @@ def seed_everything(recipe: Recipe) -> None:
 
 # ---------------------------------------------------------------- data
 
+# How the preprocessing of each input kind is fitted on the training split, from the recipe.
+FIT_PREPROCESSING = {
+    "image": lambda x, recipe: ImagePreprocessor.fit(x, recipe.scaling),
+    "text": lambda x, recipe: TextTokenizer.fit(x, recipe.vocab_size, recipe.max_length,
+                                                recipe.ngrams),
+    "vector": lambda x, recipe: VectorPreprocessor(),
+}
+
+
 def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
     """Load train/test, hold out a seeded validation split, fit preprocessing on the rest."""
     task = get_task(task_name)
@@ -72,17 +81,10 @@ def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
     order = np.random.default_rng(recipe.seed).permutation(len(train))
     n_val = int(round(len(train) * recipe.validation_split))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    if task.kind == "image":
-        prep = ImagePreprocessor.fit(train.x[train_idx], recipe.scaling)
-    elif task.kind == "text":
-        prep = TextTokenizer.fit(train.x[train_idx], recipe.vocab_size, recipe.max_length,
-                                 recipe.ngrams)
-    else:
-        prep = VectorPreprocessor()
-    as_input = (lambda x: prep(list(x))) if task.kind == "text" else prep
-    x_all = as_input(train.x)
+    prep = FIT_PREPROCESSING[task.kind](train.x[train_idx], recipe)
+    x_all = prep(train.x)
     return PreparedData(task, prep, x_all[train_idx], train.y[train_idx], x_all[val_idx],
-                        train.y[val_idx], as_input(test.x), test.y, train.source, test.source)
+                        train.y[val_idx], prep(test.x), test.y, train.source, test.source)
 
 
 def _batches(x, y, recipe: Recipe, augmenter=None, repeat=False):

@@ -41,27 +41,32 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(after, config["warmup_steps"])
 
 
+_S = keras.optimizers.schedules
+# recipe.schedule -> the schedule over optimizer steps, from (recipe, learning rate, decay period
+# in steps, total decay steps). Recipe.SCHEDULES names the same rows (a test checks both agree).
+SCHEDULES = {
+    "constant": lambda r, lr, period, total: lr,
+    # A constant rate that the ReduceLROnPlateau callback lowers.
+    "plateau": lambda r, lr, period, total: lr,
+    # lr * decay_rate ** floor(step / period): a staircase drop every decay_epochs.
+    "step": lambda r, lr, period, total: _S.ExponentialDecay(lr, period, r.decay_rate,
+                                                             staircase=True),
+    "exponential": lambda r, lr, period, total: _S.ExponentialDecay(
+        lr, period, r.decay_rate, staircase=r.staircase),
+    # lr / (1 + decay_rate * step / period): the 1/t decay.
+    "inverse_time": lambda r, lr, period, total: _S.InverseTimeDecay(lr, period, r.decay_rate,
+                                                                     staircase=False),
+    "cosine": lambda r, lr, period, total: _S.CosineDecay(
+        lr, total, alpha=min(1.0, r.min_learning_rate / lr)),
+}
+
+
 def learning_rate_schedule(recipe: Recipe, steps_per_epoch: int, epochs: int | None = None):
     """The recipe's schedule over optimizer steps (a float for constant/plateau)."""
-    S = keras.optimizers.schedules
-    lr = recipe.learning_rate
     period = max(1, int(round(recipe.decay_epochs * steps_per_epoch)))
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     total = max(1, (epochs or recipe.epochs) * steps_per_epoch - warmup)
-    if recipe.schedule in ("constant", "plateau"):
-        schedule = lr
-    elif recipe.schedule == "step":
-        # lr * decay_rate ** floor(step / period): a staircase drop every decay_epochs.
-        schedule = S.ExponentialDecay(lr, period, recipe.decay_rate, staircase=True)
-    elif recipe.schedule == "exponential":
-        schedule = S.ExponentialDecay(lr, period, recipe.decay_rate, staircase=recipe.staircase)
-    elif recipe.schedule == "inverse_time":
-        # lr / (1 + decay_rate * step / period): the 1/t decay.
-        schedule = S.InverseTimeDecay(lr, period, recipe.decay_rate, staircase=False)
-    elif recipe.schedule == "cosine":
-        schedule = S.CosineDecay(lr, total, alpha=min(1.0, recipe.min_learning_rate / lr))
-    else:  # Recipe validation makes this unreachable; kept so a new schedule name fails loudly.
-        raise ValueError(f"no schedule implementation for {recipe.schedule!r}")
+    schedule = SCHEDULES[recipe.schedule](recipe, recipe.learning_rate, period, total)
     return LinearWarmup(schedule, warmup) if warmup > 0 else schedule
 
 
@@ -70,16 +75,20 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, learning_rate=None,
     """The recipe's optimizer; `learning_rate` (a float or schedule) replaces the recipe's."""
     lr = learning_rate if learning_rate is not None else \
         learning_rate_schedule(recipe, steps_per_epoch, epochs)
-    O = keras.optimizers
-    factories = {
-        "sgd": lambda: O.SGD(lr),
-        "momentum": lambda: O.SGD(lr, momentum=recipe.momentum),
-        "nesterov": lambda: O.SGD(lr, momentum=recipe.momentum, nesterov=True),
-        "adam": lambda: O.Adam(lr),
-        "rmsprop": lambda: O.RMSprop(lr),
-        "adagrad": lambda: O.Adagrad(lr),
-    }
-    return factories[recipe.optimizer]()
+    return OPTIMIZERS[recipe.optimizer](recipe, lr)
+
+
+_O = keras.optimizers
+# recipe.optimizer -> the optimizer, from (recipe, learning rate or schedule). Recipe.OPTIMIZERS
+# names the same rows (a test checks both agree).
+OPTIMIZERS = {
+    "sgd": lambda r, lr: _O.SGD(lr),
+    "momentum": lambda r, lr: _O.SGD(lr, momentum=r.momentum),
+    "nesterov": lambda r, lr: _O.SGD(lr, momentum=r.momentum, nesterov=True),
+    "adam": lambda r, lr: _O.Adam(lr),
+    "rmsprop": lambda r, lr: _O.RMSprop(lr),
+    "adagrad": lambda r, lr: _O.Adagrad(lr),
+}
 
 
 def current_learning_rate(optimizer) -> float:

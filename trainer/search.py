@@ -20,7 +20,6 @@ import optuna
 from trainer.errors import TrainerInputError
 from trainer.recipe import RecipeError
 
-SAMPLERS = ("grid", "random", "tpe")
 
 
 @dataclass(frozen=True)
@@ -59,14 +58,22 @@ class SearchError(TrainerInputError):
     """A search request that cannot run; the message lists the valid choices."""
 
 
+# sampler name -> Optuna sampler, from (searched parameters, seed).
+SAMPLER_FACTORIES = {
+    "grid": lambda params, seed: optuna.samplers.GridSampler(
+        {p: list(SEARCH_SPACE[p].grid) for p in params}, seed=seed),
+    "random": lambda params, seed: optuna.samplers.RandomSampler(seed=seed),
+    "tpe": lambda params, seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=2),
+}
+
+
+SAMPLERS = tuple(SAMPLER_FACTORIES)
+
+
 def make_sampler(name: str, params: tuple[str, ...], seed: int):
-    if name == "grid":
-        return optuna.samplers.GridSampler({p: list(SEARCH_SPACE[p].grid) for p in params}, seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)
-    raise SearchError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    if name not in SAMPLER_FACTORIES:
+        raise SearchError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_FACTORIES)}")
+    return SAMPLER_FACTORIES[name](params, seed)
 
 
 def default_storage(out_dir: Path) -> str:

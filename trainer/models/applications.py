@@ -135,25 +135,19 @@ _DEFAULTS = dict(optimizer="adam", learning_rate=1e-3, epochs=12, batch_size=64,
                  resolution=32, augment=True, schedule="cosine", early_stopping_patience=4)
 
 
-@register_model(kind="image", task="sign_mnist",
-                description="28x28x1 -> resize+RGB adapter -> MobileNetV2 (width 0.35) -> GAP "
-                            "-> Dropout -> Dense softmax",
-                width=0.35, **_DEFAULTS)
-def mobilenet_v2(inputs: ModelInputs, options: ModelOptions):
-    return _build("mobilenet_v2", inputs, options)
+def _register_family(name: str, width: float, network: str) -> None:
+    def builder(inputs: ModelInputs, options: ModelOptions):
+        return _build(name, inputs, options)
+
+    builder.__name__ = name
+    register_model(kind="image", task="sign_mnist",
+                   description=f"28x28x1 -> resize+RGB adapter -> {network} (width {width:g}) "
+                               "-> GAP -> Dropout -> Dense softmax",
+                   width=width, **_DEFAULTS)(builder)
 
 
-@register_model(kind="image", task="sign_mnist",
-                description="28x28x1 -> resize+RGB adapter -> MobileNetV3-Small (width 0.75) "
-                            "-> GAP -> Dropout -> Dense softmax",
-                width=0.75, **_DEFAULTS)
-def mobilenet_v3_small(inputs: ModelInputs, options: ModelOptions):
-    return _build("mobilenet_v3_small", inputs, options)
-
-
-@register_model(kind="image", task="sign_mnist",
-                description="28x28x1 -> resize+RGB adapter -> EfficientNet-B0 (width 0.5) -> GAP "
-                            "-> Dropout -> Dense softmax",
-                width=0.5, **_DEFAULTS)
-def efficientnet_b0(inputs: ModelInputs, options: ModelOptions):
-    return _build("efficientnet_b0", inputs, options)
+# (model name, default width, network): one row per keras.applications family in FAMILIES.
+for _row in (("mobilenet_v2", 0.35, "MobileNetV2"),
+             ("mobilenet_v3_small", 0.75, "MobileNetV3-Small"),
+             ("efficientnet_b0", 0.5, "EfficientNet-B0")):
+    _register_family(*_row)
