@@ -1,7 +1,7 @@
 """Domain errors of the server, and the one table that maps them to HTTP statuses.
 
-Everything below the routes raises these (never HTTP types); `serve.app` turns each into a
-JSON answer `{"error": ..., "code": ..., "expected": ...}` with the status from `HTTP_STATUS`.
+Everything below the routes raises these (never HTTP types); `serve.boundary` turns each into
+a JSON answer `{"error": ..., "code": ..., "expected": ...}` with the status from `HTTP_STATUS`.
 The `error` key is a string, which is also what the Open Inference Protocol asks for.
 """
 from __future__ import annotations

@@ -77,7 +77,7 @@ class ClassifyFastPath:
             payload = await classify_json(self.repo, task, query, body)
         except ServeError as e:
             status, payload, headers = http_status(e), orjson.dumps(e.as_dict()), e.headers
-        except Exception as e:  # noqa: BLE001  the app boundary, as in serve.app
+        except Exception as e:  # noqa: BLE001  the app boundary, as in serve.boundary
             log.exception("unhandled error on POST %s", scope["path"])
             status = 500
             payload = orjson.dumps({"error": f"internal error ({type(e).__name__})",

@@ -13,8 +13,10 @@ import time
 import numpy as np
 import orjson
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.routing import Route
 
 from serve import dataplane
 from serve.app import create_app
@@ -369,6 +371,20 @@ def test_docs_document_every_endpoint(client):
     assert {p["name"] for p in classify["parameters"]} == {"task", "k", "invert"}
     assert client.get("/docs").status_code == 200
     assert "<canvas" in client.get("/").text
+
+
+def test_protocol_routes_sit_flat_in_the_app_in_matching_order(client):
+    # serve.app._include: a router kept by include_router is matched again on every request.
+    assert all(isinstance(r, (APIRoute, Route)) for r in client.app.router.routes)
+    routes = [r for r in client.app.router.routes if isinstance(r, APIRoute)]
+    assert [(r.path, *sorted(r.methods)) for r in routes] == [
+        ("/", "GET"), ("/v1/classify/{task}", "POST"), ("/v1/models", "GET"),
+        ("/v2", "GET"), ("/v2/health/live", "GET"), ("/v2/health/ready", "GET"),
+        ("/v2/models/{name}/versions/{version}", "GET"), ("/v2/models/{name}", "GET"),
+        ("/v2/models/{name}/versions/{version}/ready", "GET"), ("/v2/models/{name}/ready", "GET"),
+        ("/v2/models/{name}/versions/{version}/infer", "POST"),
+        ("/v2/models/{name}/infer", "POST"),
+        ("/v1/models/{name}", "GET"), ("/v1/models/{name}:predict", "POST"), ("/metrics", "GET")]
 
 
 def test_body_limit_answers_413(artifacts):
