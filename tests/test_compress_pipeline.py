@@ -222,3 +222,19 @@ def test_parity_failure_after_files_were_written_leaves_nothing(root, rows, monk
     assert again[-1]["would_be"] == "tiny_cnn-onnx-fp16"  # what CI's gate looks up
     leftovers = [p.name for p in (root / TASK).iterdir() if p.name.startswith(".tmp")]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_every_variant_names_exactly_the_tensors_its_onnx_model_has(root, rows):
+    import onnx
+
+    checked = 0
+    for variant in artifacts.list_variants(root, TASK):
+        if not variant.has_file("model.onnx"):
+            continue
+        graph = onnx.load(variant.file("model.onnx"), load_external_data=False).graph
+        weights = {t.name for t in graph.initializer}
+        assert variant.input.name == [i.name for i in graph.input if i.name not in weights][0]
+        assert variant.output.name == graph.output[0].name, variant.name
+        checked += 1
+    assert checked >= len(EXPECTED) // 2

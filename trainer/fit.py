@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import data as datasets
+from core.evaluate import top1_accuracy
 from core.manifest import probabilities
 from core.preprocessing import ImagePreprocessor, TextTokenizer, VectorPreprocessor
 from core.tasks import TaskSpec, get_task
@@ -192,7 +193,6 @@ def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[dict, np.ndarray]:
     """Test accuracy and cross-entropy from the model's probabilities; returns (metrics, preds)."""
     probs = probabilities(model.predict(x, batch_size=batch_size, verbose=0))
-    preds = probs.argmax(axis=1)
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-    return {"test_accuracy": float(np.mean(preds == y)), "test_loss": float(-np.log(picked).mean()),
-            "n_test": int(len(y))}, preds
+    return {"test_accuracy": top1_accuracy(probs, y), "test_loss": float(-np.log(picked).mean()),
+            "n_test": int(len(y))}, probs.argmax(axis=1)
