@@ -6,11 +6,42 @@ skipped with a visible reason otherwise (`-ra` lists every skip in the summary).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Packages that the TensorFlow-free paths must never import (see `run_without_tensorflow`).
+BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
+BLOCKER = textwrap.dedent(f"""
+    import sys, importlib.abc
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in {BLOCKED!r}:
+                raise ImportError('blocked for the test: ' + name)
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter in which importing TensorFlow (or Keras, TFMOT,
+    tf2onnx) fails, as on a host that has only numpy and onnxruntime."""
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    """An artifact root with tiny untrained-but-real models of the three served tasks
+    (tests/tiny_models.py), built once per session."""
+    from tests.tiny_models import build_tiny_artifacts
+
+    root = tmp_path_factory.mktemp("artifacts")
+    build_tiny_artifacts(root)
+    return root
 
 
 def _full_data_dir() -> Path | None:

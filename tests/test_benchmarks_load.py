@@ -10,8 +10,7 @@ import pytest
 from benchmarks.cli import main
 from benchmarks.latency import LatencySettings, run_latency
 from benchmarks.load import LoadError, LoadSettings, run_load
-from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
-from tests.test_imports import run_without_tensorflow
+from tests.conftest import run_without_tensorflow
 from core import data as datasets
 from core.runtime import ProviderUnavailableError, usable_providers
 from core.tasks import get_task

@@ -10,7 +10,6 @@ from benchmarks import check as gate
 from benchmarks.cli import main
 from benchmarks.report import render_all, render_markdown
 from benchmarks.suite import BenchmarkError, add_ratios, quick_settings, run_suite
-from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
 
 
 def _row(variant, runtime, acc, p50, ips32, nbytes, parent=None, ratios=None):

@@ -5,8 +5,7 @@ import pytest
 from core.modelstats import file_sizes, model_facts
 from core.runners import RunnerError, open_runner, runtimes_for
 from core.manifest import probabilities as as_probabilities
-from tests.test_benchmarks_helpers import tiny_artifacts  # noqa: F401  (fixture)
-from tests.test_imports import run_without_tensorflow
+from tests.conftest import run_without_tensorflow
 from core import data as datasets
 from core.artifacts import find_variant
 from core.preprocessing import ImagePreprocessor
@@ -109,3 +108,12 @@ def test_onnx_runner_and_measure_import_no_tensorflow(tiny_artifacts):  # noqa: 
     """)
     assert r.returncode == 0, r.stderr
     assert "True" in r.stdout
+
+
+def test_tiny_artifacts_are_valid_variants(tiny_artifacts):
+    from core.artifacts import list_variants
+
+    found = {(v.task, v.name) for v in list_variants(tiny_artifacts, verify=True)}
+    assert found == {("fashion_mnist", "fashion_mnist_tiny"),
+                     ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
+                     ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")}

@@ -1,9 +1,5 @@
 """The ONNX serving and benchmark paths must run where TensorFlow is not installed."""
-import subprocess
-import sys
-import textwrap
-
-from tests.conftest import REPO
+from tests.conftest import run_without_tensorflow
 
 # Modules that must import (and work) with TensorFlow absent. Add new TF-free modules here.
 TF_FREE_MODULES = [
@@ -19,23 +15,6 @@ TF_FREE_MODULES = [
     "serve.app", "serve.cli", "serve.dataplane", "serve.model", "serve.batching",
     "serve.triton_export", "serve.fixtures",
 ]
-BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
-
-BLOCKER = textwrap.dedent(f"""
-    import sys, importlib.abc
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in {BLOCKED!r}:
-                raise ImportError('blocked for the test: ' + name)
-    sys.meta_path.insert(0, Block())
-""")
-
-
-def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
 def test_blocker_really_blocks():
     r = run_without_tensorflow("import tensorflow")
     assert r.returncode != 0 and "blocked for the test" in r.stderr
@@ -55,3 +34,4 @@ def test_data_and_preprocessing_work_without_tensorflow():
     """)
     assert r.returncode == 0, r.stderr
     assert "(4, 28, 28, 1)" in r.stdout
+

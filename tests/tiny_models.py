@@ -1,6 +1,6 @@
-"""Tiny real variants for the benchmark tests (shared by tests/test_benchmarks_*.py).
+"""Tiny real variants for the benchmark tests (the `tiny_artifacts` fixture in conftest.py).
 
-`tiny_artifacts` builds, once per session, an artifact root with untrained-but-real tf_keras
+`build_tiny_artifacts` writes an artifact root with untrained-but-real tf_keras
 models for the three served tasks, exported to ONNX and TFLite by core.export.export_float
 and written through core.artifacts.create_variant, plus one derived variant (a copy of the
 Fashion model with half its kernel zeroed) so lineage ratios have something to compare.
@@ -9,10 +9,9 @@ About 15 s on 2 cores, most of it TensorFlow's import and the converters.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from core import data as datasets
-from core.artifacts import create_variant, list_variants
+from core.artifacts import create_variant
 from core.preprocessing import ImagePreprocessor, TextTokenizer
 from core.tasks import get_task
 
@@ -67,24 +66,3 @@ def build_tiny_artifacts(root) -> None:
                               keras.layers.Dense(1, activation="sigmoid")])
     _save(root, "imdb", "imdb_tiny", model, x, tokenizer, "sigmoid",
           extra_files=[("vocab.json", lambda p: tokenizer.save_vocabulary(p.parent))])
-
-
-_BUILT: dict = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory):
-    # Test modules import this fixture, and pytest keeps one session cache per importing
-    # module; the module-level cache makes the variants get built once per session anyway.
-    if "root" not in _BUILT:
-        root = tmp_path_factory.mktemp("artifacts")
-        build_tiny_artifacts(root)
-        _BUILT["root"] = root
-    return _BUILT["root"]
-
-
-def test_tiny_artifacts_are_valid_variants(tiny_artifacts):
-    found = {(v.task, v.name) for v in list_variants(tiny_artifacts, verify=True)}
-    assert found == {("fashion_mnist", "fashion_mnist_tiny"),
-                     ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
-                     ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")}
