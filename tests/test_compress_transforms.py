@@ -12,7 +12,7 @@ from compress.errors import (InvalidParameterError, NotApplicableError, UnknownT
 from core.export import ExportParityError, check_parity, export_float, run_onnx
 from compress.pipeline import select
 from compress.recipe import parse_recipe
-from compress.techniques import get_technique
+from compress.techniques import TECHNIQUES, get_technique
 
 tfs = pytest.importorskip("core.tf_setup")
 keras = tfs.keras
@@ -245,3 +245,15 @@ def test_float_first_layer_keeps_the_input_stage_up_to_the_next_weighted_node():
     # int8 MatMuls are fast in ONNX Runtime: keeping an MLP's first layer float only costs.
     with pytest.raises(NotApplicableError, match="first weighted node is MatMul"):
         first_layer_nodes(_graph("Reshape", "MatMul", "Relu", "MatMul"))
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_every_technique_resolves_its_defaults_to_a_valid_variant_name(name):
+    from core.artifacts import variant_dir
+
+    technique = TECHNIQUES[name]
+    assert technique.name == name and technique.description
+    params = technique.resolve({})
+    variant_dir("/tmp", "fashion_mnist", f"fashion_cnn-{technique.suffix(params)}")  # no error
+    with pytest.raises(Exception, match="unknown parameter"):
+        technique.resolve({"no_such_parameter": 1})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core import data
-from core.tasks import SIGN_LETTERS, get_task
+from core.tasks import SIGN_LETTERS, TASKS, get_task
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -206,3 +206,11 @@ def test_npz_formats_read_back_what_they_write(tmp_path, fmt):
 def test_an_unknown_dataset_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'.*fashion_mnist"):
         data.load("cifar")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_reads_a_known_dataset_with_its_labels(name):
+    task = TASKS[name]
+    assert task.dataset in data.DATASETS and task.num_classes >= 2
+    ds = data.load(task.dataset, "test")
+    assert set(np.unique(ds.y)) <= set(range(task.num_classes))

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from core.preprocessing import (ImagePreprocessor, PreprocessingError, TextTokenizer,
-                                   preprocessor_from_config, tokenize_words, word_ngrams)
+from core.preprocessing import (PREPROCESSORS, ImagePreprocessor, PreprocessingError,
+                                TextTokenizer, VectorPreprocessor, preprocessor_from_config,
+                                tokenize_words, word_ngrams)
 
 
 def test_minmax_scaling_shapes_and_range():
@@ -115,3 +116,22 @@ def test_vocabulary_size_mismatch_is_caught(tmp_path):
     cfg = dict(tok.to_config(), vocab_size=10)
     with pytest.raises(ValueError, match="manifest says 10"):
         preprocessor_from_config(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(PREPROCESSORS))
+def test_every_preprocessor_is_rebuilt_from_its_manifest_config(kind, tmp_path):
+    from core import data
+    from core.tasks import TASKS
+
+    task = next(t for t in TASKS.values() if t.kind == kind)
+    raw = data.load(task.dataset, "train").x[:20]
+    fitted = {"image": lambda: ImagePreprocessor.fit(raw, "standardize"),
+              "text": lambda: TextTokenizer.fit(raw, vocab_size=50, max_length=16),
+              "vector": lambda: VectorPreprocessor()}[kind]()
+    if kind == "text":
+        fitted.save_vocabulary(tmp_path)
+    config = fitted.to_config()
+    assert config["type"] == kind
+    again = preprocessor_from_config(config, tmp_path)
+    assert type(again) is PREPROCESSORS[kind]
+    np.testing.assert_array_equal(again(raw), fitted(raw))

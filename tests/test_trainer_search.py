@@ -5,13 +5,13 @@ import json
 import optuna
 import pytest
 
-from trainer.search import SEARCH_SPACE, SearchError, run_search
+from trainer.search import SAMPLERS, SEARCH_SPACE, SearchError, run_search
 
 QUICK = {"max_train_examples": 200, "epochs": 2, "early_stopping_patience": 0}
 PARAMS = ("learning_rate", "width")
 
 
-@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_each_sampler_runs_trials_and_writes_results(sampler, tmp_path):
     study = run_search("fashion_mnist", "fashion_mlp", sampler=sampler, n_trials=2,
                        out_dir=tmp_path, overrides=QUICK, params=PARAMS)
