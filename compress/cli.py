@@ -15,30 +15,35 @@ from compress.errors import CompressError
 from core.artifacts import ArtifactError, default_root
 
 
-def _recipe(args):
-    from compress.recipe import load_recipe
+def _recipe(args, model: str | None = None):
+    """--recipe, else the default recipe for `model` (compress.recipe.default_recipe_for)."""
+    from compress.recipe import DEFAULT_RECIPE, default_recipe_for, load_recipe
 
-    recipe = load_recipe(args.recipe)
+    path = args.recipe or (default_recipe_for(model) if model else DEFAULT_RECIPE)
+    recipe = load_recipe(path)
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     return recipe
 
 
-def _compress(root, task, models, recipe, data_dir, start_from=None) -> dict:
+def _compress(root, task, models, args, start_from=None) -> dict:
+    """Compress the trained variants `models` of `task` and select the one to serve."""
     from compress import pipeline
+    from core.artifacts import find_variant
 
     report = None
     for model in models:
-        rows = pipeline.run_model(root, task, model, recipe, data_dir, start_from=start_from)
+        recipe = _recipe(args, find_variant(root, task, model, verify=False).model)
+        rows = pipeline.run_model(root, task, model, recipe, args.data_dir,
+                                  start_from=start_from)
         source = rows[0]["data_source"]
         report = pipeline.update_report(root, task, model, rows, source) if report is None else \
             {**report, "models": {**report["models"], model: rows}}
-    return pipeline.finish_task(root, task, report, recipe.accuracy_budget_points)
+    return pipeline.finish_task(root, task, report, _recipe(args).accuracy_budget_points)
 
 
 def _cmd_run(args) -> int:
-    _compress(args.artifacts, args.task, [args.model], _recipe(args), args.data_dir,
-              args.start_from)
+    _compress(args.artifacts, args.task, [args.model], args, args.start_from)
     return 0
 
 
@@ -46,7 +51,6 @@ def _cmd_run_all(args) -> int:
     from core import artifacts
     from core.tasks import SERVED_TASKS
 
-    recipe = _recipe(args)
     done = 0
     for task in SERVED_TASKS:
         trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
@@ -54,7 +58,7 @@ def _cmd_run_all(args) -> int:
         if not trained:
             print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
             continue
-        _compress(args.artifacts, task, trained, recipe, args.data_dir)
+        _compress(args.artifacts, task, trained, args)
         done += 1
     if not done:
         print(f"no trained models under {args.artifacts}: run `make train` first", file=sys.stderr)
@@ -107,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(s):
         s.add_argument("--artifacts", default=str(default_root()),
                        help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
-        s.add_argument("--recipe", help="recipe JSON (default: compress/recipes/default.json)")
+        s.add_argument("--recipe", help="recipe JSON (default: compress/recipes/default.json; "
+                                        "posttraining.json for pretrained-backbone models)")
         s.add_argument("--data-dir", help="full datasets folder (default: $DATA_DIR, else bundled samples)")
         s.add_argument("--epochs", type=int, help="fine-tuning epochs for steps that set none")
 
