@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 REPORTS ?= reports
 PORT ?= 8000
+# On the bundled samples `make bench` takes CI's short rounds (--quick): the report has the same
+# rows and shape, each latency from thousands of calls; with DATA_DIR the full rounds.
+BENCH_FLAGS ?= $(if $(DATA_DIR),,--quick)
 export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -38,7 +41,7 @@ compress: setup ## derive pruned/quantized/factorized variants and select one pe
 	$(PY) -m compress run-all --artifacts $(ARTIFACTS)
 
 bench: setup ## measure every variant; writes reports/bench.{json,md}, plots, index.html
-	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS)
+	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS) $(BENCH_FLAGS)
 
 serve: setup ## serve the selected variants over HTTP (PORT=8000)
 	$(PY) -m serve --artifacts $(ARTIFACTS) --port $(PORT)
