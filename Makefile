@@ -14,6 +14,9 @@ PORT ?= 8000
 # On the bundled samples `make bench` takes CI's short rounds (--quick): the report has the same
 # rows and shape, each latency from thousands of calls; with DATA_DIR the full rounds.
 BENCH_FLAGS ?= $(if $(DATA_DIR),,--quick)
+# Training jobs run at once (each in its own process): the transfer chain and the small models
+# overlap on 2 cores.
+TRAIN_JOBS ?= 2
 export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -35,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt
 all: train compress bench ## train, compress and benchmark the served tasks
 
 train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into artifacts/
-	$(PY) -m trainer train-all --artifacts $(ARTIFACTS)
+	$(PY) -m trainer train-all --artifacts $(ARTIFACTS) --jobs $(TRAIN_JOBS)
 
 compress: setup ## derive pruned/quantized/factorized variants and select one per task
 	$(PY) -m compress run-all --artifacts $(ARTIFACTS)

@@ -1,11 +1,13 @@
 """End to end on the bundled samples: train -> artifact with every promised file, XOR solved,
 runs reproducible with a seed, ensembles of trained variants."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from core.artifacts import load_variant
+from tests.conftest import REPO
 from trainer.fit import build_model, fit, prepare_data, seed_everything
 from trainer.train import resolved_recipe, train_variant
 
@@ -133,3 +135,21 @@ def test_mirrored_strategy_trains_the_same_code(tmp_path):
     assert result.extra["distribute"]["strategy"] == "MirroredStrategy"
     assert result.extra["distribute"]["replicas"] >= 1
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
+
+
+def test_an_up_to_date_variant_is_kept_and_a_changed_job_is_trained_again(trained, tmp_path):
+    from trainer.train import up_to_date_variant
+
+    kept = up_to_date_variant("fashion_mnist", "fashion_mlp", overrides=TINY, artifacts=trained)
+    assert kept is not None and kept.name == "fashion_mlp"
+    assert kept.extra["training_key"]["recipe"]["epochs"] == 1
+    # Another recipe, other data or another variant name: it must be trained.
+    assert up_to_date_variant("fashion_mnist", "fashion_mlp", overrides={**TINY, "epochs": 2},
+                              artifacts=trained) is None
+    assert up_to_date_variant("fashion_mnist", "fashion_mlp", overrides=TINY, artifacts=trained,
+                              variant="not-trained-yet") is None
+    other_data = tmp_path / "data"
+    other_data.mkdir()
+    shutil.copy(REPO / "data" / "samples" / "fashion_mnist.npz", other_data)
+    assert up_to_date_variant("fashion_mnist", "fashion_mlp", overrides=TINY, artifacts=trained,
+                              data_dir=other_data) is None

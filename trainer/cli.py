@@ -85,22 +85,19 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_all(args) -> int:
-    from trainer.plan import LECTURE_JOBS, SERVED_JOBS
-    from trainer.train import train_variant
+    from trainer.plan import LECTURE_JOBS, SERVED_JOBS, run_jobs
 
     jobs = SERVED_JOBS + (LECTURE_JOBS if args.with_lecture else ())
     if args.only:
         jobs = tuple(j for j in jobs if j.name in args.only or j.model in args.only)
     start = time.perf_counter()
-    results = []
-    for job in jobs:
-        t0 = time.perf_counter()
-        v = train_variant(job.task, job.model, overrides=dict(job.overrides),
-                          data_dir=args.data_dir, artifacts=args.artifacts, variant=job.variant)
-        results.append((job.name, v.metrics["test_accuracy"], time.perf_counter() - t0))
-    print(f"\n[trainer] train-all: {len(results)} variants in {time.perf_counter() - start:.0f} s")
-    for name, acc, seconds in results:
-        print(f"  {name:32s} test accuracy {acc:.4f}  ({seconds:.0f} s with export)")
+    results = run_jobs(jobs, args.jobs, data_dir=args.data_dir, artifacts=args.artifacts,
+                       retrain=args.retrain)
+    print(f"\n[trainer] train-all: {len(results)} variants in {time.perf_counter() - start:.0f} s "
+          f"({args.jobs} at a time)")
+    for r in results:
+        how = "kept, up to date" if r.kept else "with export"
+        print(f"  {r.name:32s} test accuracy {r.test_accuracy:.4f}  ({r.seconds:.0f} s {how})")
     return 0
 
 
@@ -139,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_datasets)
 
     s = sub.add_parser("download", help="fill the Keras cache from the internet")
-    s.add_argument("name", choices=[n for n in data.DATASETS if n != "xor"])
+    s.add_argument("name", choices=[n for n, spec in data.DATASETS.items() if spec.download])
     s.set_defaults(func=_cmd_download)
 
     s = sub.add_parser("make-samples", help="cut data/samples from full .npz files")
@@ -162,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "transfer pair (what `make train` runs)")
     s.add_argument("--with-lecture", action="store_true", help="also XOR and MNIST models")
     s.add_argument("--only", nargs="*", help="only these jobs (task/variant or model names)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="jobs trained at once, each in its own process (default 1)")
+    s.add_argument("--retrain", action="store_true",
+                   help="train every job again, even one whose variant is up to date (same "
+                        "recipe, data and trainer/core code)")
     _add_common(s)
     s.set_defaults(func=_cmd_train_all)
 

@@ -43,3 +43,66 @@ LECTURE_JOBS = (
     TrainJob("mnist", "mnist_cnn"),
     TrainJob("mnist", "mnist_dnn"),
 )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    test_accuracy: float
+    seconds: float
+    kept: bool          # up to date: not trained again
+
+
+def run_job(job: TrainJob, data_dir=None, artifacts=None, retrain: bool = False) -> JobResult:
+    """Train one job, or keep its variant when training would repeat the same run."""
+    import time
+
+    from trainer.train import train_variant, up_to_date_variant
+
+    start = time.perf_counter()
+    kwargs = dict(overrides=dict(job.overrides), data_dir=data_dir, artifacts=artifacts,
+                  variant=job.variant)
+    variant = None if retrain else up_to_date_variant(job.task, job.model, **kwargs)
+    kept = variant is not None
+    if kept:
+        print(f"[trainer] {job.name}: unchanged (same recipe, data and code), kept {variant.path}",
+              flush=True)
+    else:
+        variant = train_variant(job.task, job.model, **kwargs)
+    return JobResult(job.name, variant.metrics["test_accuracy"], time.perf_counter() - start, kept)
+
+
+def dependencies(jobs) -> dict[str, set[str]]:
+    """job name -> the jobs it starts from (a transfer's `pretrained` source)."""
+    names = {j.name for j in jobs}
+    return {j.name: {j.overrides["pretrained"]} & names if j.overrides.get("pretrained")
+            else set() for j in jobs}
+
+
+def run_jobs(jobs, workers: int = 1, **kwargs) -> list[JobResult]:
+    """Run `jobs`, `workers` at a time in separate processes (1: in this process, in order).
+
+    A job starts once the jobs it depends on are done; jobs that others wait for start first,
+    so the transfer chain overlaps with the small models. Every job seeds itself, so its
+    result does not depend on which process runs it or what ran there before.
+    """
+    if workers <= 1:
+        return [run_job(job, **kwargs) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    deps = dependencies(jobs)
+    needed_by = {name for wanted in deps.values() for name in wanted}
+    pending = sorted(jobs, key=lambda j: j.name not in needed_by)  # stable: plan order within
+    done: dict[str, JobResult] = {}
+    running = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for job in [j for j in pending if deps[j.name] <= set(done)][:workers - len(running)]:
+                pending.remove(job)
+                running[pool.submit(run_job, job, **kwargs)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                done[job.name] = future.result()
+    return [done[j.name] for j in jobs]

@@ -9,12 +9,16 @@ The building blocks (`prepare_data`, `build_model`, `fit`, `evaluate`) are in `t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import Variant, create_variant, default_root, load_variant, variant_dir
+from core.artifacts import (ArtifactError, Variant, create_variant, default_root, find_variant,
+                            load_variant, variant_dir)
 from core.preprocessing import TextTokenizer
 from core.tasks import TaskSpec, get_task
 from core.tf_setup import require_tf_keras_model
@@ -128,6 +132,51 @@ def resolved_recipe(model_name: str, recipe_file: dict | None = None,
     return resolve_recipe(get_model(model_name).defaults, recipe_file, overrides)
 
 
+def code_fingerprint() -> str:
+    """sha256 of the sources training runs (`trainer/` and `core/`)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted([*root.joinpath("trainer").rglob("*.py"), *root.joinpath("core").rglob("*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def training_key(task: TaskSpec, recipe: Recipe, data_dir, artifacts) -> dict:
+    """What a trained variant is a function of: the recipe, the data, the training code and,
+    for a transfer, the source variant's weights. Stored in the manifest, so that `train-all`
+    can keep a variant whose key has not changed instead of training it again."""
+    from core import data as datasets
+
+    key = {"recipe": recipe.to_dict(), "code": code_fingerprint(),
+           "data": [datasets.load(task.dataset, split, data_dir=data_dir).source
+                    for split in ("train", "test")]}
+    task_name, _, source = (recipe.pretrained or "").partition("/")
+    if source:
+        key["pretrained"] = find_variant(artifacts, task_name, source, verify=False) \
+            .manifest.files["model.keras"].sha256
+    return json.loads(json.dumps(key))  # the form it has when read back from the manifest
+
+
+def up_to_date_variant(task_name: str, model_name: str, *, overrides: dict | None = None,
+                       data_dir=None, artifacts=None, variant: str | None = None) -> Variant | None:
+    """The existing variant when training it again would repeat the same run (same
+    `training_key`), else None."""
+    artifacts = artifacts if artifacts is not None else default_root()
+    path = variant_dir(artifacts, task_name, variant or model_name)
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        existing = load_variant(path)
+    except ArtifactError:
+        return None
+    recipe = resolved_recipe(model_name, None, overrides)
+    try:
+        key = training_key(get_task(task_name), recipe, data_dir, artifacts)
+    except ArtifactError:  # the transfer source is missing: it must be trained first
+        return None
+    return existing if existing.extra.get("training_key") == key else None
+
+
 def train_variant(task_name: str, model_name: str, *, recipe_file: dict | None = None,
                   overrides: dict | None = None, data_dir=None, artifacts=None,
                   variant: str | None = None) -> Variant:
@@ -150,7 +199,8 @@ def train_variant(task_name: str, model_name: str, *, recipe_file: dict | None =
         model=result.model, preprocessor=data.preprocessor, x_test=data.x_test,
         y_test=data.y_test, metrics=result.metrics,
         lineage={"parent": None, "technique": "train", "params": recipe.to_dict()},
-        history=result.history, recipe=recipe.to_dict(), extra=result.extra)
+        history=result.history, recipe=recipe.to_dict(),
+        extra={**result.extra, "training_key": training_key(task, recipe, data_dir, artifacts)})
     print(f"[trainer] {task_name}/{v.name}: test accuracy {result.metrics['test_accuracy']:.4f} "
           f"({result.metrics['train_seconds']:.0f} s training) -> {v.path}", flush=True)
     return v
