@@ -17,6 +17,8 @@ BENCH_FLAGS ?= $(if $(DATA_DIR),,--quick)
 # Training jobs run at once (each in its own process): the transfer chain and the small models
 # overlap on 2 cores.
 TRAIN_JOBS ?= 2
+# Tasks compressed at once (each in its own process); latencies are measured after, one at a time.
+COMPRESS_JOBS ?= 2
 export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -41,7 +43,7 @@ train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into ar
 	$(PY) -m trainer train-all --artifacts $(ARTIFACTS) --jobs $(TRAIN_JOBS)
 
 compress: setup ## derive pruned/quantized/factorized variants and select one per task
-	$(PY) -m compress run-all --artifacts $(ARTIFACTS)
+	$(PY) -m compress run-all --artifacts $(ARTIFACTS) --jobs $(COMPRESS_JOBS)
 
 bench: setup ## measure every variant; writes reports/bench.{json,md}, plots, index.html
 	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS) $(BENCH_FLAGS)

@@ -26,8 +26,8 @@ def _recipe(args, model: str | None = None):
     return recipe
 
 
-def _compress(root, task, models, args, start_from=None) -> dict:
-    """Compress the trained variants `models` of `task` and select the one to serve."""
+def _compress(root, task, models, args, start_from=None, measure=True) -> dict:
+    """Compress the trained variants `models` of `task`; returns the task's report."""
     from compress import pipeline
     from core.artifacts import find_variant
 
@@ -35,15 +35,22 @@ def _compress(root, task, models, args, start_from=None) -> dict:
     for model in models:
         recipe = _recipe(args, find_variant(root, task, model, verify=False).model)
         rows = pipeline.run_model(root, task, model, recipe, args.data_dir,
-                                  start_from=start_from)
+                                  start_from=start_from, measure=measure)
         source = rows[0]["data_source"]
         report = pipeline.update_report(root, task, model, rows, source) if report is None else \
             {**report, "models": {**report["models"], model: rows}}
+    return report
+
+
+def _select(root, task, report, args) -> dict:
+    from compress import pipeline
+
     return pipeline.finish_task(root, task, report, _recipe(args).accuracy_budget_points)
 
 
 def _cmd_run(args) -> int:
-    _compress(args.artifacts, args.task, [args.model], args, args.start_from)
+    report = _compress(args.artifacts, args.task, [args.model], args, args.start_from)
+    _select(args.artifacts, args.task, report, args)
     return 0
 
 
@@ -51,16 +58,36 @@ def _cmd_run_all(args) -> int:
     from core import artifacts
     from core.tasks import SERVED_TASKS
 
-    done = 0
+    work = {}
     for task in SERVED_TASKS:
         trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
                    if v.lineage.parent is None and v.lineage.technique == "train"]
         if not trained:
             print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
             continue
-        _compress(args.artifacts, task, trained, args)
-        done += 1
-    if not done:
+        work[task] = trained
+    if args.jobs <= 1:
+        for task, trained in work.items():
+            _select(args.artifacts, task, _compress(args.artifacts, task, trained, args), args)
+    else:
+        # Tasks in parallel processes (every step seeds itself, so the variants are those of
+        # a one-at-a-time run), then every latency measured here, one at a time, on a machine
+        # no longer busy with them, then selection.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from compress import pipeline
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {task: pool.submit(_compress, args.artifacts, task, trained, args,
+                                         measure=False) for task, trained in work.items()}
+            reports = {task: f.result() for task, f in futures.items()}
+        for task, report in reports.items():
+            print(f"[{task}] batch-1 latency of every variant")
+            pipeline.remeasure_latency(args.artifacts, task, report, args.data_dir)
+            _select(args.artifacts, task, report, args)
+    if not work:
         print(f"no trained models under {args.artifacts}: run `make train` first", file=sys.stderr)
         return 1
     return 0
@@ -125,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("run-all", help="compress every trained model of the served tasks")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="tasks compressed at once, each in its own process (default 1)")
     common(s)
     s.set_defaults(func=_cmd_run_all)
 

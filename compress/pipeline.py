@@ -89,6 +89,12 @@ class Run:
     data: TaskData
     rows: list[dict] = field(default_factory=list)
     _models: dict = field(default_factory=dict)
+    # False: leave batch-1 latencies to `remeasure_latency` (run-all --jobs measures them once
+    # the parallel work is over, so that no latency is taken while another process computes).
+    measure: bool = True
+
+    def latency(self, variant: Variant) -> dict:
+        return measure_latency(variant, self.data.test_x[:LATENCY_EXAMPLES]) if self.measure else {}
 
     @property
     def parity_x(self) -> np.ndarray:
@@ -125,7 +131,7 @@ def measure_base(run: Run) -> dict:
     prof = keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
         {"metrics": {}, "details": {}}
     metrics = {**prof["metrics"], **model_file_sizes(base.path),
-               **measure_latency(base, run.data.test_x[:LATENCY_EXAMPLES])}
+               **run.latency(base)}
     base = artifacts.update_manifest(base, metrics=metrics, extra={"compress_profile": prof["details"]})
     run.base = base
     row = _row(base)
@@ -207,8 +213,7 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
                                     "fine_tune_history": outcome.history,
                                     "compress_seconds": round(time.perf_counter() - started, 1)})
     variant = artifacts.find_variant(run.root, parent.task, name)
-    return artifacts.update_manifest(
-        variant, metrics=measure_latency(variant, run.data.test_x[:LATENCY_EXAMPLES]))
+    return artifacts.update_manifest(variant, metrics=run.latency(variant))
 
 
 def _check_quantized(run: Run, outcome, out_dir: Path, parent: Variant) -> list[dict]:
@@ -228,11 +233,12 @@ def _check_quantized(run: Run, outcome, out_dir: Path, parent: Variant) -> list[
 
 
 def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=print,
-              start_from: str | None = None) -> list[dict]:
+              start_from: str | None = None, measure: bool = True) -> list[dict]:
     """Apply `recipe` to the trained variant `<task>/<model>` (or, for the steps without
-    `from`, to the existing variant `start_from` of that model); returns the report rows."""
+    `from`, to the existing variant `start_from` of that model); returns the report rows.
+    measure=False leaves the latencies to `remeasure_latency`."""
     base = artifacts.find_variant(root, task, model)
-    run = Run(Path(root), base, recipe, load_task_data(base, recipe, data_dir))
+    run = Run(Path(root), base, recipe, load_task_data(base, recipe, data_dir), measure=measure)
     log(f"[{task}/{model}] data: {run.data.source} ({len(run.data.train_y)} train, "
         f"{len(run.data.test_y)} test); {len(recipe.steps)} step(s)")
     base_row = measure_base(run)
@@ -275,8 +281,9 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
         row["data_source"] = run.data.source
         rows.append(row)
         produced[step.id] = (variant, row)
-        log(f"  + {variant.name}: acc {row['test_accuracy']:.4f}, "
-            f"{row['latency_p50_ms'] * 1000:.0f} us ({row['latency_runtime']}), "
+        latency = (f"{row['latency_p50_ms'] * 1000:.0f} us ({row['latency_runtime']})"
+                   if row.get("latency_p50_ms") is not None else "latency measured later")
+        log(f"  + {variant.name}: acc {row['test_accuracy']:.4f}, {latency}, "
             f"{time.perf_counter() - started:.0f} s")
     return rows
 
@@ -417,12 +424,12 @@ def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -
             if variant.model not in examples:
                 base = artifacts.find_variant(root, task, variant.model)
                 test = data.load(get_task(task).dataset, "test", data_dir=data_dir)
-                raw = test.x[:LATENCY_EXAMPLES]
-                examples[variant.model] = base.preprocessor()(list(raw) if get_task(task).kind == "text" else raw)
+                examples[variant.model] = base.preprocessor()(test.x[:LATENCY_EXAMPLES])
             latency = measure_latency(variant, examples[variant.model])
             artifacts.update_manifest(variant, metrics=latency)
-            log(f"  {row['variant']}: {row.get('latency_p50_ms', 0) * 1000:.1f} -> "
-                f"{latency['latency_p50_ms'] * 1000:.1f} us")
+            before = row.get("latency_p50_ms")
+            log(f"  {row['variant']}: " + (f"{before * 1000:.1f} -> " if before else "")
+                + f"{latency['latency_p50_ms'] * 1000:.1f} us")
             row.update({k: latency[k] for k in ("latency_p50_ms", "latency_spread_pct",
                                                 "latency_runtime")})
     return report

@@ -238,3 +238,26 @@ def test_every_variant_names_exactly_the_tensors_its_onnx_model_has(root, rows):
         assert variant.output.name == graph.output[0].name, variant.name
         checked += 1
     assert checked >= len(EXPECTED) // 2
+
+
+@pytest.mark.slow
+def test_latencies_left_for_later_are_measured_before_selection(root, rows, tmp_path):
+    """What `run-all --jobs N` does per task: compress without measuring, then measure every
+    variant one at a time, then select."""
+    import shutil
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy)
+    recipe = parse_recipe({"test_limit": 100, "train_limit": 100, "parity_size": 100,
+                           "steps": [{"technique": "onnx_fp16"}]})
+    later = pipeline.run_model(copy, TASK, MODEL, recipe, measure=False, log=lambda *a: None)
+    fp16 = next(r for r in later if r["variant"] == "tiny_cnn-onnx-fp16")
+    assert fp16["latency_p50_ms"] is None
+    assert "latency_p50_ms" not in artifacts.find_variant(copy, TASK, fp16["variant"]).metrics
+    report = pipeline.update_report(copy, TASK, MODEL, later, later[0]["data_source"])
+    pipeline.remeasure_latency(copy, TASK, report, log=lambda *a: None)
+    measured = {r["variant"]: r for rows_ in report["models"].values() for r in rows_}
+    assert measured["tiny_cnn-onnx-fp16"]["latency_p50_ms"] > 0
+    assert artifacts.find_variant(copy, TASK, "tiny_cnn-onnx-fp16").metrics["latency_p50_ms"] > 0
+    chosen = pipeline.finish_task(copy, TASK, report, 100.0, log=lambda *a: None)
+    assert chosen["selection"]["variant"] in measured
