@@ -27,7 +27,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: DATA_DIR (full datasets; default: bundled samples), ARTIFACTS=$(ARTIFACTS), REPORTS=$(REPORTS), PORT=$(PORT)"
+	@echo "  variables: DATA_DIR (full datasets; default: bundled samples), ARTIFACTS=$(ARTIFACTS), REPORTS=$(REPORTS), PORT=$(PORT), TRAIN_JOBS=$(TRAIN_JOBS), COMPRESS_JOBS=$(COMPRESS_JOBS)"
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
