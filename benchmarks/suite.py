@@ -30,7 +30,7 @@ from benchmarks.environment import environment
 from core.measure import offline, single_stream
 from core.modelstats import file_sizes, model_facts
 from core.runners import MODEL_FILES, RUNTIMES, RunnerError, open_runner, runtimes_for
-from core.evaluate import accuracy
+from core.evaluate import accuracy, split_inputs
 from core import data as datasets
 from core.artifacts import ArtifactError, Variant, list_variants
 from core.runtime import ProviderUnavailableError
@@ -83,10 +83,16 @@ def quick_settings(**overrides) -> Settings:
 
 @dataclass
 class _TaskData:
-    source: str
-    x_raw: np.ndarray
-    y: np.ndarray
+    dataset: datasets.Dataset
     _inputs: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.dataset.source
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.dataset.y
 
     def inputs_for(self, variant: Variant) -> np.ndarray:
         """The variant's preprocessed test inputs, computed once per distinct preprocessing
@@ -97,7 +103,7 @@ class _TaskData:
             vocab = variant.path / config.get("vocab_file", "vocab.json")
             key += hashlib.sha256(vocab.read_bytes()).hexdigest() if vocab.is_file() else ""
         if key not in self._inputs:
-            self._inputs[key] = variant.preprocessor()(self.x_raw)
+            self._inputs[key] = split_inputs(variant, dataset=self.dataset).x
         return self._inputs[key]
 
 
@@ -139,7 +145,7 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
     tasks_info = {}
     for task in sorted({v.task for v in variants}):
         ds = datasets.load(get_task(task).dataset, "test", data_dir=settings.data_dir)
-        task_data[task] = _TaskData(ds.source, ds.x, ds.y)
+        task_data[task] = _TaskData(ds)
         tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
         progress(f"{task}: {len(ds)} test examples from {ds.source}")
 

@@ -35,10 +35,12 @@ class EvalSet:
 
 
 def split_inputs(variant: Variant, split: str = "test", data_dir=None,
-                 limit: int | None = None) -> EvalSet:
+                 limit: int | None = None, dataset: datasets.Dataset | None = None) -> EvalSet:
     """The variant's task dataset split, preprocessed as the variant's manifest says;
-    `limit`: a stratified subset of that many examples."""
-    ds = datasets.load(get_task(variant.task).dataset, split, data_dir=data_dir)
+    `limit`: a stratified subset of that many examples; `dataset`: the split already loaded
+    (callers that evaluate many variants of one task load it once)."""
+    ds = dataset if dataset is not None else \
+        datasets.load(get_task(variant.task).dataset, split, data_dir=data_dir)
     if limit:
         ds = ds.subset(limit)
     # The preprocessor serve runs on a request, applied to the whole split.
