@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.environment import environment
 from core.measure import summarize_offline, summarize_single_stream, time_calls
 from core.runners import OnnxRunner, RunnerError
-from benchmarks.suite import BenchmarkError, _TaskData
+from benchmarks.suite import BenchmarkError, TaskTestData
 from core.evaluate import accuracy
 from core import data as datasets
 from core.artifacts import list_variants
@@ -172,7 +172,7 @@ def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
     task_data, tasks_info = {}, {}
     for task in sorted({v.task for v in variants}):
         ds = datasets.load(get_task(task).dataset, "test", data_dir=data_dir)
-        task_data[task] = _TaskData(ds)
+        task_data[task] = TaskTestData(ds)
         tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
     results = []
     plan = [(v, p) for v in variants for p in providers]

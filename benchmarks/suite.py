@@ -82,7 +82,10 @@ def quick_settings(**overrides) -> Settings:
 
 
 @dataclass
-class _TaskData:
+class TaskTestData:
+    """One task's test split, loaded once, and its preprocessed copies (also used by
+    `benchmarks latency`)."""
+
     dataset: datasets.Dataset
     _inputs: dict = field(default_factory=dict)
 
@@ -141,11 +144,11 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
     progress(f"benchmarking {len(variants)} variants, {len(plan)} variant x runtime rows, "
              f"threads={settings.threads}, {settings.rounds} rounds x {settings.budget_s}s")
 
-    task_data: dict[str, _TaskData] = {}
+    task_data: dict[str, TaskTestData] = {}
     tasks_info = {}
     for task in sorted({v.task for v in variants}):
         ds = datasets.load(get_task(task).dataset, "test", data_dir=settings.data_dir)
-        task_data[task] = _TaskData(ds)
+        task_data[task] = TaskTestData(ds)
         tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
         progress(f"{task}: {len(ds)} test examples from {ds.source}")
 
@@ -177,7 +180,7 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
     }
 
 
-def _measure_row(variant: Variant, runtime: str, data: _TaskData, stats: dict,
+def _measure_row(variant: Variant, runtime: str, data: TaskTestData, stats: dict,
                  settings: Settings) -> dict:
     manifest_acc = variant.metrics.get("test_accuracy")
     curves = "curves.png" if variant.has_file("curves.png") else None
