@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import CompressError, NotApplicableError
-from core.evaluate import accuracy, load_keras, split_inputs
+from core.evaluate import load_keras, split_inputs, top1_accuracy
+from core.manifest import probabilities
 from core.modelstats import keras_profile, model_file_sizes
 from core.export import ExportParityError, check_parity, run_onnx, run_tflite
 from compress.recipe import Recipe
@@ -127,8 +128,8 @@ def measure_base(run: Run) -> dict:
     name = served_file(base.path)
     if name is None:
         raise ArtifactError(f"{base.path}: the trained variant has neither model.onnx nor model.tflite")
-    acc = accuracy(lambda x: predict_file(base.path / name, x, base.onnxruntime_options),
-                   run.data.test_x, run.data.test_y, batch=len(run.data.test_x))
+    acc = top1_accuracy(probabilities(predict_file(base.path / name, run.data.test_x,
+                                                   base.onnxruntime_options)), run.data.test_y)
     prof = keras_profile(run.keras_model(base)) if base.has_file("model.keras") else \
         {"metrics": {}, "details": {}}
     metrics = {**prof["metrics"], **model_file_sizes(base.path),
@@ -198,8 +199,9 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
         if outcome.keras_model is not None and outcome.save_keras:
             outcome.keras_model.save(out_dir / "model.keras")
         served = served_file(out_dir)
-        acc = accuracy(lambda x: predict_file(out_dir / served, x, outcome.onnxruntime_options),
-                       run.data.test_x, run.data.test_y, batch=len(run.data.test_x))
+        acc = top1_accuracy(probabilities(predict_file(out_dir / served, run.data.test_x,
+                                                       outcome.onnxruntime_options)),
+                            run.data.test_y)
         if outcome.keras_model is not None and outcome.save_keras:
             prof = keras_profile(outcome.keras_model)
         else:

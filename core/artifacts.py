@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.manifest import (MANIFEST, SCHEMA_VERSION, ArtifactError, FileEntry, InputSpec,  # noqa: F401
-                           Lineage, Manifest, OutputSpec)
+                           Lineage, Manifest, OutputSpec, plain)
 
 SELECTED = "selected.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -76,20 +76,11 @@ def _file_table(directory: Path) -> dict[str, FileEntry]:
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+        json.dump(plain(data), f, indent=2, sort_keys=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _json_default(obj):
-    # numpy scalars and arrays end up in metrics; keep this module numpy-free at import.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def onnx_io_names(path: str | Path) -> tuple[str, str] | None:

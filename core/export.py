@@ -47,7 +47,9 @@ class ParityReport:
 
 def compare(reference: np.ndarray, candidate: np.ndarray, runtime: str,
             quantized: bool) -> ParityReport:
-    ref, cand = probabilities(reference), probabilities(candidate)
+    # float64: the differences checked against FLOAT_ATOL are between float32 outputs.
+    ref = probabilities(np.asarray(reference, dtype=np.float64))
+    cand = probabilities(np.asarray(candidate, dtype=np.float64))
     if ref.shape != cand.shape:
         raise ExportParityError(f"{runtime}: output shape {cand.shape} != source {ref.shape}")
     return ParityReport(runtime, len(ref), float(np.max(np.abs(ref - cand))) if ref.size else 0.0,

@@ -3,7 +3,7 @@
     m = Manifest.read(path)                 # migrates older versions, or fails naming the fix
     m.input.height, m.input.channels        # image inputs of any size and channel count
     probs = m.output.probabilities(y)       # (N, classes) for softmax and sigmoid heads alike
-    m.write(path)
+    core.artifacts.write_manifest(path, m)  # atomic, in the current schema
 
 Schema (version 2; what each field means):
 
@@ -54,12 +54,13 @@ def _frozen(d: Mapping | None) -> Mapping:
     return MappingProxyType(dict(d or {}))
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: mappings and tuples of the frozen record become dicts and lists."""
+def plain(value: Any) -> Any:
+    """JSON-ready copy: mappings and tuples of the frozen record become dicts and lists, numpy
+    values Python ones, paths strings (core.artifacts writes every JSON file through this)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if hasattr(value, "tolist"):  # numpy scalars and arrays in metrics
         return value.tolist()
     if isinstance(value, Path):
@@ -171,7 +172,7 @@ class Lineage:
         object.__setattr__(self, "params", _frozen(self.params))
 
     def to_dict(self) -> dict:
-        return {"parent": self.parent, "technique": self.technique, "params": _plain(self.params)}
+        return {"parent": self.parent, "technique": self.technique, "params": plain(self.params)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Lineage":
@@ -218,17 +219,13 @@ class Manifest:
     # ---- reading the facts every consumer needs
 
     @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
     def preprocessing_type(self) -> str:
         return str(self.preprocessing.get("type", "unknown"))
 
     @property
     def onnxruntime_options(self) -> dict:
         """The ONNX Runtime settings this variant must run with ({} when it has none)."""
-        return _plain(self.runtime.get("onnxruntime", {}))
+        return plain(self.runtime.get("onnxruntime", {}))
 
     def replace(self, **changes) -> "Manifest":
         return dataclasses.replace(self, **changes)
@@ -239,13 +236,13 @@ class Manifest:
         out = {"schema_version": SCHEMA_VERSION, "task": self.task, "model": self.model,
                "variant": self.variant, "created": self.created,
                "lineage": self.lineage.to_dict(), "input": self.input.to_dict(),
-               "output": self.output.to_dict(), "preprocessing": _plain(self.preprocessing),
-               "labels": list(self.labels), "metrics": _plain(self.metrics),
+               "output": self.output.to_dict(), "preprocessing": plain(self.preprocessing),
+               "labels": list(self.labels), "metrics": plain(self.metrics),
                "files": {k: {"sha256": f.sha256, "bytes": f.bytes}
                          for k, f in sorted(self.files.items())},
-               "extra": _plain(self.extra)}
+               "extra": plain(self.extra)}
         if self.runtime:
-            out["runtime"] = _plain(self.runtime)
+            out["runtime"] = plain(self.runtime)
         return out
 
     @classmethod

@@ -192,7 +192,7 @@ def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[dict, np.ndarray]:
     """Test accuracy and cross-entropy from the model's probabilities; returns (metrics, preds)."""
-    probs = probabilities(model.predict(x, batch_size=batch_size, verbose=0))
+    probs = probabilities(model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64))
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return {"test_accuracy": top1_accuracy(probs, y), "test_loss": float(-np.log(picked).mean()),
             "n_test": int(len(y))}, probs.argmax(axis=1)
