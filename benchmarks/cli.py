@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "artifacts", None):
+        from core.userdata import register_tasks
+
+        register_tasks(args.artifacts)  # the user's own tasks, beside the built-in ones
     from benchmarks.check import BaselineError
     from benchmarks.load import LoadError
     from core.measure import MeasureError

@@ -37,7 +37,8 @@ from core.evaluate import accuracy
 from core import data as datasets
 from core.artifacts import list_variants
 from core.runtime import ProviderUnavailableError, provider_name, usable_providers
-from core.tasks import SERVED_TASKS, get_task
+from core.tasks import get_task
+from core.userdata import served_tasks
 
 LATENCY_SCHEMA = "tinyship.latency/1"
 LATENCY_JSON, LATENCY_MD = "latency.json", "latency.md"
@@ -163,7 +164,7 @@ def fastest(results: list[dict]) -> dict:
 def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
                 progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
     providers = check_providers(settings.providers)
-    tasks = list(settings.tasks or SERVED_TASKS)
+    tasks = list(settings.tasks or served_tasks(artifacts))
     data_dir, tasks = _resolve_data(data, tasks)
     variants = [v for v in list_variants(artifacts) if v.task in tasks and v.has_file("model.onnx")]
     if not variants:

@@ -15,6 +15,7 @@ renders it. Thread counts are set explicitly (default 1) and recorded per row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -34,7 +35,8 @@ from core.evaluate import accuracy, split_inputs
 from core import data as datasets
 from core.artifacts import ArtifactError, Variant, list_variants
 from core.runtime import ProviderUnavailableError
-from core.tasks import SERVED_TASKS, get_task
+from core.tasks import get_task
+from core.userdata import served_tasks
 
 BENCH_SCHEMA = "tinyship.bench/1"
 # Errors that make one runner row fail without stopping the whole run: a missing or broken
@@ -57,7 +59,7 @@ class Settings:
     batch_sizes: tuple[int, ...] = (32, 256)   # Offline throughput batch sizes
     latency_inputs: int = 64              # distinct test inputs the batch-1 queries cycle through
     runtimes: tuple[str, ...] = tuple(RUNTIMES)
-    tasks: tuple[str, ...] = SERVED_TASKS
+    tasks: tuple[str, ...] | None = None  # None: core.userdata.served_tasks(artifacts)
     data_dir: str | None = None           # None: DATA_DIR, else the bundled samples
     quick: bool = False                   # CI: shorter rounds (see `quick_settings`)
     accuracy_batch: int = 256             # batch size used to compute accuracy
@@ -66,7 +68,7 @@ class Settings:
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown:
             raise BenchmarkError(f"unknown runtime(s) {unknown}; valid: {', '.join(RUNTIMES)}")
-        for task in self.tasks:
+        for task in self.tasks or ():
             get_task(task)  # raises with the valid task names
         if self.threads < 1 or self.rounds < 1 or self.budget_s <= 0:
             raise BenchmarkError(f"threads and rounds must be >= 1 and budget_s > 0, got "
@@ -132,6 +134,8 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
               progress: Callable[[str], None] = _log) -> dict:
     """Measure everything; return the bench record (see module docstring)."""
     started = time.perf_counter()
+    if settings.tasks is None:
+        settings = dataclasses.replace(settings, tasks=served_tasks(artifacts))
     variants = [v for v in list_variants(artifacts) if v.task in settings.tasks]
     if not variants:
         found = sorted({v.task for v in list_variants(artifacts)})

@@ -15,11 +15,12 @@ from compress.errors import CompressError
 from core.artifacts import ArtifactError, default_root
 
 
-def _recipe(args, model: str | None = None):
-    """--recipe, else the default recipe for `model` (compress.recipe.default_recipe_for)."""
+def _recipe(args, variant=None):
+    """--recipe, else the default recipe for `variant` (compress.recipe.default_recipe_for)."""
     from compress.recipe import DEFAULT_RECIPE, default_recipe_for, load_recipe
 
-    path = args.recipe or (default_recipe_for(model) if model else DEFAULT_RECIPE)
+    path = args.recipe or (default_recipe_for(variant.model, variant.has_file("model.keras"))
+                           if variant else DEFAULT_RECIPE)
     recipe = load_recipe(path)
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
@@ -30,10 +31,12 @@ def _compress(root, task, models, args, start_from=None, measure=True) -> dict:
     """Compress the trained variants `models` of `task`; returns the task's report."""
     from compress import pipeline
     from core.artifacts import find_variant
+    from core.userdata import register_tasks
 
+    register_tasks(root)  # again: run-all's worker processes start without the user's tasks
     report = None
     for model in models:
-        recipe = _recipe(args, find_variant(root, task, model, verify=False).model)
+        recipe = _recipe(args, find_variant(root, task, model, verify=False))
         rows = pipeline.run_model(root, task, model, recipe, args.data_dir,
                                   start_from=start_from, measure=measure)
         source = rows[0]["data_source"]
@@ -56,12 +59,12 @@ def _cmd_run(args) -> int:
 
 def _cmd_run_all(args) -> int:
     from core import artifacts
-    from core.tasks import SERVED_TASKS
+    from core.userdata import served_tasks
 
     work = {}
-    for task in SERVED_TASKS:
+    for task in served_tasks(args.artifacts):
         trained = [v.name for v in artifacts.list_variants(args.artifacts, task)
-                   if v.lineage.parent is None and v.lineage.technique == "train"]
+                   if v.lineage.is_root]
         if not trained:
             print(f"[{task}] no trained model under {args.artifacts}; skipped (run `make train`)")
             continue
@@ -175,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "artifacts", None):
+        from core.userdata import register_tasks
+
+        register_tasks(args.artifacts)  # the user's own tasks, beside the built-in ones
     try:
         return args.func(args)
     except (CompressError, ArtifactError) as e:

@@ -22,7 +22,7 @@ import numpy as np
 
 from compress.errors import CompressError, NotApplicableError
 from core.evaluate import load_keras, split_inputs, top1_accuracy
-from core.manifest import probabilities
+from core.manifest import ROOT_TECHNIQUES, probabilities
 from core.modelstats import keras_profile, model_file_sizes
 from core.export import ExportParityError, check_parity, run_onnx, run_tflite
 from compress.recipe import Recipe
@@ -297,7 +297,7 @@ def select(rows: list[dict], budget_points: float) -> dict:
     """The fastest ONNX variant whose accuracy is at most `budget_points` below the best
     trained model; ties go to the smaller gzip size. Returns the reason record."""
     measured = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
-    baselines = [r for r in measured if r["technique"] == "train"]
+    baselines = [r for r in measured if r["technique"] in ROOT_TECHNIQUES]
     if not baselines:
         raise CompressError("no trained baseline in the report: nothing to select against")
     baseline = max(baselines, key=lambda r: r["test_accuracy"])
@@ -373,7 +373,8 @@ def render_markdown(report: dict) -> str:
     header = ("| variant | technique | accuracy | Δ pts | ONNX KiB | ONNX gzip | TFLite KiB | "
               "TFLite gzip | params | MACs | sparsity | p50 µs | runtime |")
     for model, rows in report["models"].items():
-        base_acc = next((r["test_accuracy"] for r in rows if r.get("technique") == "train"), None)
+        base_acc = next((r["test_accuracy"] for r in rows
+                         if r.get("technique") in ROOT_TECHNIQUES), None)
         lines += [f"## {model}", "", header, "|" + "---|" * 13]
         notes = []
         for r in rows:
@@ -400,7 +401,7 @@ def rows_from_manifests(root, task: str, report: dict | None = None) -> dict:
     failed and skipped rows of `report` are kept."""
     variants = [v for v in artifacts.list_variants(root, task) if "latency_p50_ms" in v.metrics]
     if report is None:
-        trained = [v for v in variants if v.lineage.technique == "train"]
+        trained = [v for v in variants if v.lineage.is_root]
         if not trained:
             raise CompressError(f"no measured trained variant of {task!r} under {root}: "
                                 "run `python -m compress run` first")

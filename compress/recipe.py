@@ -25,17 +25,22 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "default.json"
 # The post-training techniques only (no fine-tuning step).
 POSTTRAINING_RECIPE = RECIPES_DIR / "posttraining.json"
+# The techniques that need nothing but model.onnx (an imported ONNX model has no Keras model).
+ONNX_RECIPE = RECIPES_DIR / "onnx.json"
 
 
-def default_recipe_for(model: str) -> Path:
-    """The recipe `compress run-all` (`make compress`) applies to a trained model when none is
+def default_recipe_for(model: str, has_keras: bool = True) -> Path:
+    """The recipe `compress run`/`run-all` (`make compress`) applies to a model when none is
     given: the default one, except for models built on a pretrained keras.applications
-    backbone, which get the post-training techniques only. Their fine-tuning steps rebuild,
-    retrace and re-export a graph of 150+ layers, over a minute each on 2 cores, and on the
-    bundled samples they start from a backbone near chance level; the full-data recipes
+    backbone, which get the post-training techniques only, and for models without a Keras
+    model (imported from ONNX), which get the ONNX ones. The applications' fine-tuning steps
+    rebuild, retrace and re-export a graph of 150+ layers, over a minute each on 2 cores, and
+    on the bundled samples they start from a backbone near chance level; the full-data recipes
     (`recipes/full*.json`, `--recipe`) run every technique on them."""
     from trainer.models.applications import FAMILIES
 
+    if not has_keras:
+        return ONNX_RECIPE
     return POSTTRAINING_RECIPE if model in FAMILIES else DEFAULT_RECIPE
 
 

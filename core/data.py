@@ -277,12 +277,14 @@ class DatasetSpec:
     keras_cache: tuple[str, str] | None = None   # (path inside the cache, format name)
     download: Callable[[], None] | None = None
     labels: Callable[[np.ndarray], np.ndarray] | None = None
-    builtin: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # Datasets that are not files in a data directory: split -> (x, y, where they came from).
+    # The XOR table, and users' own datasets (core.userdata.register).
+    reader: Callable[[str], tuple[np.ndarray, np.ndarray, str]] | None = None
 
 
-def _xor() -> tuple[np.ndarray, np.ndarray]:
+def _xor(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
-    return x, np.array([0, 1, 1, 0], dtype=np.int64)
+    return x, np.array([0, 1, 1, 0], dtype=np.int64), "builtin: the XOR truth table"
 
 
 DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
@@ -303,7 +305,7 @@ DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
                 "pass --data-dir/DATA_DIR with imdb.npz or the aclImdb/ folder, "
                 "or run `python -m trainer download imdb` (fetches aclImdb_v1.tar.gz)",
                 keras_cache=("aclImdb", "aclimdb"), download=_download_aclimdb),
-    DatasetSpec("xor", (), "the XOR truth table", builtin=_xor),
+    DatasetSpec("xor", (), "the XOR truth table", reader=_xor),
 )}
 
 
@@ -355,9 +357,9 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None,
     spec = get_dataset(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if spec.builtin is not None:
-        x, y = spec.builtin()
-        return Dataset(name, split, x, y, f"builtin: {spec.how_to_provide}")
+    if spec.reader is not None:
+        x, y, source = spec.reader(split)
+        return Dataset(name, split, x, y, source)
 
     looked: list[str] = []
     found = None

@@ -40,6 +40,9 @@ import numpy as np
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 INPUT_KINDS = ("image", "text", "vector")
+# The techniques that make a task's first variants (no parent): a model trained here, or a
+# user's model imported. Compression starts from these, and measures against them.
+ROOT_TECHNIQUES = ("train", "import")
 ACTIVATIONS = ("softmax", "sigmoid")
 REQUIRED_FIELDS = ("schema_version", "task", "model", "variant", "lineage", "input",
                    "output", "preprocessing", "labels", "metrics", "files")
@@ -170,6 +173,11 @@ class Lineage:
 
     def __post_init__(self):
         object.__setattr__(self, "params", _frozen(self.params))
+
+    @property
+    def is_root(self) -> bool:
+        """A task's first variant (trained or imported), which compression starts from."""
+        return self.parent is None and self.technique in ROOT_TECHNIQUES
 
     def to_dict(self) -> dict:
         return {"parent": self.parent, "technique": self.technique, "params": plain(self.params)}

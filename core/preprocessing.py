@@ -26,44 +26,82 @@ class PreprocessingError(ValueError):
     """Input that cannot be turned into a model input; the message says what was expected."""
 
 
+def _per_channel(value) -> float | tuple[float, ...]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = tuple(float(v) for v in value)
+        return values[0] if len(values) == 1 else values
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
-    """28x28 grayscale uint8 pixels -> float32 tensor of shape (N, 28, 28, 1).
+    """uint8 pixels (height, width[, channels]) -> float32 tensor (N, height, width, channels).
 
-    scaling:
+    First a scaling (a row of SCALINGS: pixel * factor + offset), then, when `mean`/`std` are
+    not 0/1, (x - mean) / std per channel (a number, or one per channel):
       - "minmax": x / 255, into [0, 1] (the lecture default);
-      - "standardize": (x / 255 - mean) / std with the training set's statistics.
+      - "standardize": minmax, then the training set's mean and std (`fit` computes them);
+      - "symmetric": x / 127.5 - 1, into [-1, 1] (MobileNet's and EfficientNet's convention);
+      - "raw": pixel values as floats 0..255 (models with their own Rescaling layer).
+    Grayscale images may come without their channel axis: (28, 28) or (N, 28, 28).
     """
 
     scaling: str = "minmax"
-    mean: float = 0.0
-    std: float = 1.0
-    size: int = IMAGE_SIZE
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    height: int = IMAGE_SIZE
+    width: int = IMAGE_SIZE
+    channels: int = 1
 
-    SCALINGS = ("minmax", "standardize")
+    # scaling -> (factor, offset)
+    SCALINGS = {"minmax": (1.0 / PIXEL_MAX, 0.0), "standardize": (1.0 / PIXEL_MAX, 0.0),
+                "symmetric": (2.0 / PIXEL_MAX, -1.0), "raw": (1.0, 0.0)}
 
     def __post_init__(self):
         if self.scaling not in self.SCALINGS:
             raise ValueError(
                 f"unknown feature scaling {self.scaling!r}; valid: {', '.join(self.SCALINGS)}"
             )
-        if self.scaling == "standardize" and not self.std > 0:
-            raise ValueError(f"standardize needs std > 0, got {self.std}")
+        object.__setattr__(self, "mean", _per_channel(self.mean))
+        object.__setattr__(self, "std", _per_channel(self.std))
+        for name in ("height", "width", "channels"):
+            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
+                raise ValueError(f"image {name} must be a positive integer, got "
+                                 f"{getattr(self, name)!r}")
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        for name, v in (("mean", mean), ("std", std)):
+            if v.ndim and len(v) != self.channels:
+                raise ValueError(f"{name} has {len(v)} values for {self.channels} channel(s)")
+        if not (std > 0).all():
+            raise ValueError(f"std must be > 0, got {self.std}")
+        factor, offset = self.SCALINGS[self.scaling]
+        # Folded into one multiply-add: x * (factor / std) + (offset - mean) / std.
+        object.__setattr__(self, "_scale", np.float32(factor) / std)
+        object.__setattr__(self, "_shift", (np.float32(offset) - mean) / std)
+        object.__setattr__(self, "_affine", bool((mean != 0).any() or (std != 1).any()
+                                                 or offset != 0))
 
     @classmethod
     def fit(cls, x_train: np.ndarray, scaling: str = "minmax") -> "ImagePreprocessor":
-        """Compute the statistics a scaling needs from training pixels (uint8)."""
+        """The preprocessor for training pixels (N, H, W) or (N, H, W, C), uint8; "standardize"
+        takes its mean and std (per channel for colour) from them."""
+        x = np.asarray(x_train)
+        height, width = int(x.shape[1]), int(x.shape[2])
+        channels = int(x.shape[3]) if x.ndim == 4 else 1
         if scaling == "standardize":
-            scaled = np.asarray(x_train, dtype=np.float64) / PIXEL_MAX
-            return cls("standardize", float(scaled.mean()), float(scaled.std()))
-        return cls(scaling)
+            axes = tuple(range(x.ndim - 1)) if channels > 1 else None
+            scaled = x.astype(np.float64) / PIXEL_MAX
+            mean, std = scaled.mean(axis=axes), scaled.std(axis=axes)
+            return cls("standardize", _per_channel(mean), _per_channel(std), height, width,
+                       channels)
+        return cls(scaling, height=height, width=width, channels=channels)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.size, self.size, 1)
+        return (self.height, self.width, self.channels)
 
     def __call__(self, pixels) -> np.ndarray:
-        """Accept (28,28), (N,28,28) or (N,28,28,1) pixels in 0..255; return (N,28,28,1) float32."""
+        """One image or a batch, pixels in 0..255 -> (N, height, width, channels) float32."""
         x = np.asarray(pixels)
         # dtype.kind, not np.issubdtype: this runs on every served request, and issubdtype
         # costs microseconds. b: bool, i/u: integers, f: floats (not complex, object, str).
@@ -72,13 +110,19 @@ class ImagePreprocessor:
             raise PreprocessingError(
                 f"pixels must be numbers in 0..255, got an array of {x.dtype}"
             )
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim == 4 and x.shape[-1] == 1:
-            x = x[..., 0]
-        if x.ndim != 3 or x.shape[1:] != (self.size, self.size):
+        if self.channels == 1:
+            if x.ndim == 2:
+                x = x[None]
+            if x.ndim == 4 and x.shape[-1] == 1:
+                x = x[..., 0]
+            ok = x.ndim == 3 and x.shape[1:] == (self.height, self.width)
+        else:
+            if x.ndim == 3:
+                x = x[None]
+            ok = x.ndim == 4 and x.shape[1:] == self.input_shape
+        if not ok:
             raise PreprocessingError(
-                f"expected {self.size}x{self.size} grayscale pixels (one image or a batch), "
+                f"expected {self.describe_pixels()} (one image or a batch), "
                 f"got shape {tuple(np.asarray(pixels).shape)}"
             )
         if kind == "f":  # only floats can hold NaN or infinity
@@ -91,19 +135,27 @@ class ImagePreprocessor:
                 f"pixel values must be in 0..255, got min {x.min():g} and max {x.max():g}"
             )
         # Converts integer pixels to float32 in the same pass as the scaling.
-        out = np.multiply(x, np.float32(1.0 / PIXEL_MAX), dtype=np.float32)
-        if self.scaling == "standardize":
-            out = (out - np.float32(self.mean)) * np.float32(1.0 / self.std)
-        return out[..., None]
+        out = np.multiply(x, self._scale, dtype=np.float32)
+        if self._affine:
+            out += self._shift
+        return out[..., None] if self.channels == 1 else out
+
+    def describe_pixels(self) -> str:
+        colour = "grayscale" if self.channels == 1 else f"{self.channels}-channel"
+        return f"{self.height}x{self.width} {colour} pixels"
 
     def to_config(self) -> dict:
         return {"type": "image", "scaling": self.scaling, "mean": self.mean,
-                "std": self.std, "size": self.size}
+                "std": self.std, "height": self.height, "width": self.width,
+                "channels": self.channels}
 
     @classmethod
     def from_config(cls, config: dict, directory: str | Path | None = None) -> "ImagePreprocessor":
-        return cls(config.get("scaling", "minmax"), float(config.get("mean", 0.0)),
-                   float(config.get("std", 1.0)), int(config.get("size", IMAGE_SIZE)))
+        # Version-1 manifests have a square grayscale `size`.
+        size = int(config.get("size", IMAGE_SIZE))
+        return cls(config.get("scaling", "minmax"), config.get("mean", 0.0),
+                   config.get("std", 1.0), int(config.get("height", size)),
+                   int(config.get("width", size)), int(config.get("channels", 1)))
 
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)

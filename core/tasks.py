@@ -1,11 +1,14 @@
 """Task definitions: what each dataset's inputs and labels are.
 
 One frozen spec per task, so that training, compression, benchmarks and serving read the
-same facts (input shape, label names) instead of restating them. TensorFlow-free.
+same facts (input kind, label names) instead of restating them. The built-in tasks are the
+table below; users' own tasks are added to it by `core.userdata.register_tasks(artifacts)`
+from the records `python -m trainer import` writes. TensorFlow-free.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 FASHION_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -23,10 +26,12 @@ SENTIMENT_LABELS = ("negative", "positive")
 class TaskSpec:
     name: str
     dataset: str
-    kind: str  # "image" (28x28 uint8 grayscale), "text" (raw strings) or "vector"
+    kind: str  # "image" (uint8 pixels), "text" (raw strings) or "vector"
     labels: tuple[str, ...]
     description: str
     served: bool = False
+    # A user task's files (core.userdata.DataSource as a dict); None for a built-in task.
+    source: Mapping | None = None
 
     @property
     def num_classes(self) -> int:
@@ -48,6 +53,7 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 
+# The built-in served tasks; core.userdata.served_tasks(root) adds a root's imported ones.
 SERVED_TASKS = tuple(t.name for t in TASKS.values() if t.served)
 
 
@@ -56,5 +62,6 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise ValueError(
-            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}"
+            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} (and the tasks "
+            f"imported into the artifact root: python -m trainer import)"
         ) from None

@@ -67,7 +67,7 @@ def _numeric_array(value, what: str) -> np.ndarray:
 
 # -- friendly API ------------------------------------------------------------------------
 EXAMPLE_HINTS = {
-    "image": '{"pixels": <28x28 numbers 0..255, or a list of them>} or '
+    "image": '{"pixels": <height x width [x channels] numbers 0..255, or a list of them>} or '
              '{"image_base64": "<PNG/JPEG>"} or a multipart "file" upload',
     "text": '{"text": "<review>"} or {"texts": ["<review>", ...]}',
 }
@@ -76,8 +76,8 @@ EXAMPLE_HINTS = {
 def friendly_json_inputs(model: ServedModel, body: bytes,
                          invert: str = "auto") -> tuple[np.ndarray, bool]:
     """A /v1/classify JSON body -> (model inputs, whether it was a single example)."""
-    if model.kind == "image":
-        pixels = whole_number_pixels(body, model.preprocess.size)
+    if model.kind == "image" and model.preprocess.channels == 1:
+        pixels = whole_number_pixels(body, model.preprocess.height, model.preprocess.width)
         if pixels is not None:
             return _preprocess(model, pixels), pixels.ndim == 2
     return friendly_inputs(model, parse_json(body), invert)
@@ -95,15 +95,15 @@ _JSON_WHITESPACE = b" \t\n\r"
 
 
 @functools.lru_cache(maxsize=4)
-def _image_skeleton(size: int) -> bytes:
-    """What is left of a size x size nested list without its numbers: [[,,...],[,,...],...]."""
-    row = b"[" + b"," * (size - 1) + b"]"
-    return b"[" + b",".join([row] * size) + b"]"
+def _image_skeleton(height: int, width: int) -> bytes:
+    """What is left of a height x width nested list without its numbers: [[,,...],[,,...],...]."""
+    row = b"[" + b"," * (width - 1) + b"]"
+    return b"[" + b",".join([row] * height) + b"]"
 
 
-def whole_number_pixels(body: bytes, size: int) -> np.ndarray | None:
-    """(size, size) or (N, size, size) int64 pixels from a `{"pixels": ...}` body of whole
-    numbers 0..255; None for any other body."""
+def whole_number_pixels(body: bytes, height: int, width: int) -> np.ndarray | None:
+    """(height, width) or (N, height, width) int64 pixels from a `{"pixels": ...}` body of
+    whole numbers 0..255; None for any other body."""
     key = _PIXELS_KEY.match(body)
     end = body.rfind(b"}")
     if key is None or end < 0 or body[end + 1:].strip(_JSON_WHITESPACE):
@@ -113,14 +113,14 @@ def whole_number_pixels(body: bytes, size: int) -> np.ndarray | None:
     # Brackets and commas alone must be exactly one image's or a batch's. Any other character
     # (quotes, dots, signs, letters) fails this too, as do ragged rows and stray commas.
     skeleton = non_digits.translate(None, _JSON_WHITESPACE)
-    image = _image_skeleton(size)
+    image = _image_skeleton(height, width)
     if skeleton == image:
-        shape = (size, size)
+        shape = (height, width)
     else:
         count = (len(skeleton) - 1) // (len(image) + 1)
         if count < 1 or skeleton != b"[" + b",".join([image] * count) + b"]":
             return None
-        shape = (count, size, size)
+        shape = (count, height, width)
     # numpy skips whitespace around commas and stops at whitespace inside a number ("1 2")
     # or at an empty one ("1,,2"): a ValueError in numpy 2, a short array in numpy 1.
     try:
@@ -150,9 +150,10 @@ def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tupl
                            "does not serve", expected=f"POST /v2/models/{model.name}/infer")
     if "pixels" in doc:
         pixels = _numeric_array(doc["pixels"], "pixels")
-        if pixels.ndim == 3 and pixels.shape[-1] == 1 and pixels.shape[0] != 1:
+        channels = model.preprocess.channels
+        if channels == 1 and pixels.ndim == 3 and pixels.shape[-1] == 1 and pixels.shape[0] != 1:
             pixels = pixels[..., 0]  # one (28, 28, 1) image, channel last
-        return _preprocess(model, pixels), pixels.ndim == 2
+        return _preprocess(model, pixels), pixels.ndim == (2 if channels == 1 else 3)
     if "image_base64" in doc:
         return image_inputs(model, _b64decode(doc["image_base64"]), invert), True
     raise InvalidInput(f"no image in the request (keys: {', '.join(sorted(doc)) or 'none'})",
@@ -160,7 +161,9 @@ def friendly_inputs(model: ServedModel, doc: dict, invert: str = "auto") -> tupl
 
 
 def image_inputs(model: ServedModel, data: bytes, invert: str = "auto") -> np.ndarray:
-    return _preprocess(model, decode_image(data, model.preprocess.size, model.name, invert))
+    p = model.preprocess
+    return _preprocess(model, decode_image(data, p.height, p.width, p.channels, model.name,
+                                           invert))
 
 
 def _preprocess(model: ServedModel, raw) -> np.ndarray:

@@ -145,8 +145,8 @@ class ServedModel:
         if self.kind == "text":
             return 0, self.preprocess.vocab_size - 1
         if self.kind == "image":
-            size = self.preprocess.size
-            ends = self.preprocess(np.array([np.zeros((size, size)), np.full((size, size), 255)]))
+            shape = self.preprocess.input_shape
+            ends = self.preprocess(np.array([np.zeros(shape), np.full(shape, 255)]))
             return float(ends.min()), float(ends.max())
         return -np.inf, np.inf
 
@@ -156,7 +156,8 @@ class ServedModel:
             out["error"] = self.error
         if self.variant is not None:
             out.update(variant=self.variant.name, model=self.variant.model,
-                       provider=self.provider, labels=self.labels,
+                       provider=self.provider, kind=self.kind,
+                       input_shape=list(self.variant.input.example_shape), labels=self.labels,
                        test_accuracy=self.variant.metrics.get("test_accuracy"),
                        lineage=self.variant.lineage.to_dict())
         return out

@@ -18,14 +18,17 @@ from serve.errors import UnknownModel
 from serve.metrics import ServerMetrics
 from serve.model import ServedModel
 from serve.settings import Settings
-from core.tasks import SERVED_TASKS
+from core.userdata import served_tasks
 
 log = logging.getLogger("serve.repository")
 
 
 class ModelRepository:
-    def __init__(self, settings: Settings, metrics: ServerMetrics, tasks=SERVED_TASKS,
+    def __init__(self, settings: Settings, metrics: ServerMetrics, tasks=None,
                  activity: ClientActivity | None = None):
+        """Serve `tasks` (default: the built-in served tasks and the user tasks imported into
+        the artifact root)."""
+        tasks = served_tasks(settings.artifacts) if tasks is None else tasks
         self.settings = settings
         self.metrics = metrics
         # Who has sent requests lately; the request middleware feeds it (see serve.batching).

@@ -19,7 +19,7 @@ from pathlib import Path
 from serve.model import V2_DATATYPES
 from core.artifacts import ArtifactError, selected_variant
 from core.manifest import Manifest
-from core.tasks import SERVED_TASKS
+from core.userdata import served_tasks
 
 KSERVE_FILE = "kserve-inferenceservice.yaml"
 KSERVE_TEMPLATE = """\
@@ -90,13 +90,13 @@ instance_group [ {{ count: 1, kind: {instance_kind} }} ]
 
 
 def export_triton(artifacts: Path, out: Path, *, max_batch_size: int = 32,
-                  max_queue_delay_us: int = 500, tasks=SERVED_TASKS,
+                  max_queue_delay_us: int = 500, tasks=None,
                   storage_uri: str = "gs://YOUR-BUCKET/model_repository"
                   ) -> tuple[list[ExportedModel], dict[str, str]]:
     """Export every task with a selected variant; returns (exported, {task: why skipped})."""
     out = Path(out)
     exported, skipped = [], {}
-    for task in tasks:
+    for task in served_tasks(artifacts) if tasks is None else tasks:
         try:
             variant = selected_variant(artifacts, task, verify=True)
             onnx_path = variant.file("model.onnx")

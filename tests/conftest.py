@@ -33,6 +33,26 @@ def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+def _builtin_registries():
+    from core import data, tasks
+
+    return (tasks.TASKS, dict(tasks.TASKS)), (data.DATASETS, dict(data.DATASETS))
+
+
+_BUILTIN = _builtin_registries()
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """After each test, the process-wide task and dataset tables hold the built-in rows only:
+    users' tasks registered by a test (core.userdata.register) or by a module's fixture are
+    gone, and the commands that need them register them again from their artifact root."""
+    yield
+    for table, builtin in _BUILTIN:
+        table.clear()
+        table.update(builtin)
+
+
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
     """An artifact root with tiny untrained-but-real models of the three served tasks

@@ -166,7 +166,7 @@ def test_full_dataset_counts(name, full_data_dir):
 
 # ---- every row of the dataset and format registries
 
-FILE_DATASETS = [name for name, spec in data.DATASETS.items() if spec.builtin is None]
+FILE_DATASETS = [name for name, spec in data.DATASETS.items() if spec.reader is None]
 
 
 @pytest.mark.parametrize("name", FILE_DATASETS)

@@ -320,7 +320,7 @@ def test_direct_pixel_reader_takes_only_what_the_general_path_reads_the_same():
              json.dumps({"pixels": image.tolist()}, indent=2).encode(),
              b" \r\n" + compact + b"\n", orjson.dumps({"pixels": batch.tolist()})]
     for body in taken:
-        read = dataplane.whole_number_pixels(body, 28)
+        read = dataplane.whole_number_pixels(body, 28, 28)
         assert read is not None, body[:40]
         assert np.array_equal(read, np.asarray(orjson.loads(body)["pixels"]))
 
@@ -345,7 +345,7 @@ def test_direct_pixel_reader_takes_only_what_the_general_path_reads_the_same():
         b'{"pixels\\u0022":' + compact[10:],
     ]
     for body in passed_on:
-        assert dataplane.whole_number_pixels(body, 28) is None, body[:40]
+        assert dataplane.whole_number_pixels(body, 28, 28) is None, body[:40]
 
 
 # -- operations ------------------------------------------------------------------------------
@@ -525,12 +525,12 @@ def test_uploaded_photos_follow_each_datasets_convention():
 
     # A dark square on a light, wide background (a product photo).
     photo = png_bytes(size=(300, 200))
-    fashion = decode_image(photo, 28, "fashion_mnist")
-    sign = decode_image(photo, 28, "sign_mnist")
+    fashion = decode_image(photo, 28, 28, 1, "fashion_mnist")
+    sign = decode_image(photo, 28, 28, 1, "sign_mnist")
     assert fashion.shape == sign.shape == (28, 28) and fashion.dtype == np.uint8
     # Fashion-MNIST items are bright on black: the light background became dark.
     assert fashion[0, 0] < 30 and fashion[14, 14] > 200
     assert sign[0, 0] > 220 and sign[14, 14] < 60  # Sign-Language photos are kept as they are
-    assert decode_image(photo, 28, "fashion_mnist", invert="false")[0, 0] > 220
+    assert decode_image(photo, 28, 28, 1, "fashion_mnist", invert="false")[0, 0] > 220
     # Padded to a square with the border colour, not stretched: top rows are background.
     assert (fashion[:3] < 30).all()

@@ -5,7 +5,7 @@
 Three rules, each from the README's architecture section:
 
 1. Imports run one way: `core` <- `trainer` <- `compress`; `core` <- `benchmarks`;
-   `core` <- `serve`. A package may import itself and what `ALLOWED` lists, nothing else of
+   `core` <- `serve`; the `tinyship` API on top. A package may import itself and what `ALLOWED` lists, nothing else of
    the project (function-level imports count: they run too).
 2. No cycle between files, counting every import except those under `if TYPE_CHECKING:`.
 3. The manifest is read through `core.manifest`'s typed fields: no `something.manifest[...]`,
@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "trainer", "compress", "benchmarks", "serve")
+PACKAGES = ("core", "trainer", "compress", "benchmarks", "serve", "tinyship")
 ALLOWED = {
     "core": {"core"},
     "trainer": {"core", "trainer"},
     "compress": {"core", "trainer", "compress"},
     "benchmarks": {"core", "benchmarks"},
     "serve": {"core", "serve"},
+    # The Python API for notebooks, above everything (and imported by nothing).
+    "tinyship": {"core", "trainer", "compress", "benchmarks", "tinyship"},
 }
 MANIFEST_OWNER = "core"
 

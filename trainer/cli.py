@@ -10,6 +10,7 @@ from core import data
 from core.artifacts import ArtifactError, default_root
 from trainer.errors import TrainerInputError
 from trainer.recipe import CHOICES, load_recipe_file, recipe_field_help
+from core.preprocessing import ImagePreprocessor
 from core.tasks import get_task
 
 
@@ -72,6 +73,14 @@ def _cmd_train(args) -> int:
     from trainer.models import get_model
 
     spec = get_model(args.model)            # unknown names fail here, before TensorFlow loads
+    if args.data:
+        if not args.task:
+            raise TrainerInputError("--data needs --task: the name of the task to create")
+        from core.userdata import define_task
+
+        define_task(args.artifacts, args.task, args.data, labels_file=args.labels,
+                    label_column=args.label_column, test_fraction=args.test_fraction,
+                    image=args.image_size)
     task = _check_task(args.task or spec.task)
     recipe_file = load_recipe_file(args.recipe) if args.recipe else None
     from trainer.recipe import resolve_recipe
@@ -126,9 +135,67 @@ def _cmd_ensemble(args) -> int:
     return 0
 
 
+def _cmd_import(args) -> int:
+    from trainer.importer import Preprocessing, import_model
+
+    given = {"scaling": args.scaling, "mean": args.mean, "std": args.std,
+             "vocabulary": args.vocabulary, "ngrams": args.ngrams}
+    options = Preprocessing.from_file(args.preprocessing, **given) if args.preprocessing else \
+        Preprocessing(**{k: v for k, v in given.items() if v is not None})
+    import_model(args.model, args.data, args.task, preprocessing=options,
+                 labels_file=args.labels, label_column=args.label_column,
+                 test_fraction=args.test_fraction, seed=args.seed, variant=args.variant,
+                 artifacts=args.artifacts)
+    return 0
+
+
+def _image_size(text: str) -> tuple[int, int, int]:
+    try:
+        dims = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        dims = []
+    if len(dims) not in (2, 3) or min(dims) < 1 or (len(dims) == 3 and dims[2] not in (1, 3)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW or HxWxC with C 1 or 3, "
+                                         f"e.g. 64x64x3")
+    return (*dims, 1) if len(dims) == 2 else tuple(dims)
+
+
+def _floats(text: str):
+    values = tuple(float(v) for v in text.split(","))
+    return values[0] if len(values) == 1 else values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("import", help="import your own Keras or ONNX classifier and dataset "
+                       "as a task (its first variant, with its measured test accuracy)")
+    s.add_argument("--model", required=True, help=".keras, .h5, SavedModel folder or .onnx")
+    s.add_argument("--data", required=True, help="image folder (one subfolder per class), text "
+                   "folder, CSV with a label column, or .npz (x_train, y_train, x_test, y_test)")
+    s.add_argument("--task", required=True, help="name of the new task")
+    s.add_argument("--variant", help="variant name (default: the model file's name)")
+    s.add_argument("--labels", help="class names in the model's output order (a JSON list or "
+                   "one per line; default: folder names or label values, sorted)")
+    s.add_argument("--label-column", default="label", help="CSV label column (default: label)")
+    s.add_argument("--test-fraction", type=float, default=0.2,
+                   help="test share when the data has no train/test split (default 0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    g = s.add_argument_group("preprocessing (what the model expects; stored in the manifest)")
+    g.add_argument("--preprocessing", help="JSON or YAML file with the options below")
+    g.add_argument("--scaling", choices=list(ImagePreprocessor.SCALINGS),
+                   help="pixels: minmax x/255 (default), symmetric x/127.5-1, raw 0..255, "
+                        "standardize (with --mean/--std)")
+    g.add_argument("--mean", type=_floats, help="subtracted after scaling; one value or one "
+                   "per channel, comma-separated")
+    g.add_argument("--std", type=_floats, help="divided by after --mean; like --mean")
+    g.add_argument("--vocabulary", help="text models: the token list (JSON or one per line; "
+                   "the first token has id 2)")
+    g.add_argument("--ngrams", type=int, help="text models: word n-grams of the tokenizer")
+    s.add_argument("--artifacts", default=str(default_root()),
+                   help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
+    s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("datasets", help="show which datasets are available and from where")
     s.add_argument("names", nargs="*", help=f"datasets (default: all of {', '.join(data.DATASETS)})")
@@ -150,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="model-zoo name (`python -m trainer models`)")
     s.add_argument("--task", help="task (default: the model's own task)")
     s.add_argument("--recipe", help="JSON file with recipe values (only the differences)")
+    g = s.add_argument_group("your own data (creates or updates the task --task)")
+    g.add_argument("--data", help="image folder (one subfolder per class), text folder, CSV "
+                   "with a label column, or .npz (x_train, y_train, x_test, y_test)")
+    g.add_argument("--image-size", type=_image_size, help="HxW or HxWxC every image is converted "
+                   "to (default: the first image's size and colour)")
+    g.add_argument("--labels", help="class names in order (a JSON list or one per line)")
+    g.add_argument("--label-column", default="label", help="CSV label column (default: label)")
+    g.add_argument("--test-fraction", type=float, default=0.2,
+                   help="test share when the data has no train/test split (default 0.2)")
     s.add_argument("--variant", help="variant name (default: the model name)")
     _add_common(s)
     _add_recipe_flags(s)
@@ -214,9 +290,14 @@ def _check_task(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "artifacts", None):
+        from core.userdata import register_tasks
+
+        register_tasks(args.artifacts)  # the user's own tasks, beside the built-in ones
     try:
         return args.func(args)
-    except (TrainerInputError, data.DatasetNotFoundError, ArtifactError) as e:
+    except (TrainerInputError, data.DatasetNotFoundError, data.DatasetFormatError,
+            ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
