@@ -268,3 +268,31 @@ def test_python_api_mirrors_the_command_line(files, tmp_path):
     assert {r["variant"] for r in bench["results"]} >= {base.name, served.name}
     assert (tmp_path / "reports" / "index.html").is_file()
     assert {v.name for v in tinyship.variants("digits_api", artifacts=tmp_path)} >= derived
+
+
+def test_h5_and_savedmodel_imports_match_the_keras_file(files, imported, tmp_path):
+    from trainer.importer import import_model
+
+    _, keras_variant = imported
+    files["model"].save(tmp_path / "digits.h5")
+    files["model"].save(tmp_path / "saved", save_format="tf")
+    for path in (tmp_path / "digits.h5", tmp_path / "saved"):
+        v = import_model(path, files["folder"], "digits", artifacts=tmp_path / "art",
+                         log=lambda *a: None)
+        assert v.metrics["test_accuracy"] == keras_variant.metrics["test_accuracy"]
+
+
+def test_zoo_model_trains_on_the_users_folder(files, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trainer", "train", "--model", "fashion_mlp",
+                        "--data", str(files["folder"]), "--task", "digits_zoo",
+                        "--image-size", "16x16", "--epochs", "3", "--artifacts", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    v = find_variant(tmp_path, "digits_zoo", "fashion_mlp")
+    assert v.input.example_shape == (16, 16, 1) and v.metrics["test_accuracy"] > 0.5
+    assert json.loads((tmp_path / "digits_zoo" / "task.json").read_text())["source"]["image"] \
+        == [16, 16, 1]
+    no_task = subprocess.run([sys.executable, "-m", "trainer", "train", "--model", "fashion_mlp",
+                              "--data", str(files["folder"]), "--artifacts", str(tmp_path)],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert no_task.returncode == 2 and "--data needs --task" in no_task.stderr
