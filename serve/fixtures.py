@@ -45,12 +45,13 @@ def _init(name: str, array: np.ndarray):
     return numpy_helper.from_array(np.ascontiguousarray(array), name)
 
 
-def image_mlp_onnx(num_classes: int, hidden: int = 64, seed: int = 0) -> bytes:
-    """float32 (N,28,28,1) -> Flatten -> Dense(hidden, relu) -> Dense(C, softmax)."""
+def image_mlp_onnx(num_classes: int, hidden: int = 64, seed: int = 0,
+                   shape: tuple[int, int, int] = (28, 28, 1)) -> bytes:
+    """float32 (N,H,W,C) (default 28x28x1) -> Flatten -> Dense(hidden, relu) -> Dense(C, softmax)."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
-    inits = [_init("w1", rng.normal(0, 0.1, (784, hidden)).astype(np.float32)),
+    inits = [_init("w1", rng.normal(0, 0.1, (int(np.prod(shape)), hidden)).astype(np.float32)),
              _init("b1", np.zeros(hidden, np.float32)),
              _init("w2", rng.normal(0, 0.3, (hidden, num_classes)).astype(np.float32)),
              _init("b2", np.zeros(num_classes, np.float32))]
@@ -60,7 +61,7 @@ def image_mlp_onnx(num_classes: int, hidden: int = 64, seed: int = 0) -> bytes:
              helper.make_node("Gemm", ["hr", "w2", "b2"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
     return _graph_model(
-        nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 28, 28, 1])],
+        nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *shape])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])], inits)
 
 
@@ -187,13 +188,55 @@ def write_text_variant(root: Path, task: str = "imdb", max_length: int = 64, see
     return name
 
 
+# A user's task (as `python -m trainer import` records one): non-square colour images.
+USER_TASK, USER_SHAPE, USER_LABELS = "photos", (20, 24, 3), ("cat", "dog", "bird")
+
+
+def write_user_task(root: Path, seed: int = 2) -> str:
+    """An imported-style task `photos` (20x24 RGB, 3 classes): its task record, a small image
+    folder of real PNG files as its dataset (beside the artifact root), and a selected variant."""
+    from PIL import Image
+
+    from core.tasks import TaskSpec
+    from core.userdata import DataSource, write_task
+
+    data = root.parent / f"{root.name}-{USER_TASK}"
+    rng = np.random.default_rng(seed)
+    for label in USER_LABELS:
+        (data / label).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                data / label / f"{i}.png")
+    source = DataSource(str(data), "image_folder", image=USER_SHAPE)
+    write_task(root, TaskSpec(USER_TASK, USER_TASK, "image", USER_LABELS, "serve fixture",
+                              served=True, source=source.to_dict()))
+    name = "fixture_photos"
+    h, w, c = USER_SHAPE
+    with create_variant(root, task=USER_TASK, model=name, variant=name,
+                        lineage={"parent": None, "technique": "import",
+                                 "params": {"builder": "image_mlp_onnx", "seed": seed}},
+                        input={"name": "input", "shape": [None, *USER_SHAPE], "dtype": "float32"},
+                        output={"name": "probs", "activation": "softmax"},
+                        preprocessing=ImagePreprocessor("symmetric", height=h, width=w,
+                                                        channels=c).to_config(),
+                        labels=list(USER_LABELS),
+                        metrics={"data_source": "none (random weights)"}) as v:
+        v.path("model.onnx").write_bytes(image_mlp_onnx(len(USER_LABELS), seed=seed,
+                                                        shape=USER_SHAPE))
+    select_variant(root, USER_TASK, name, reason={"why": "test fixture"})
+    return name
+
+
 def write_fixture_artifacts(root: str | Path, image_model: str = "mlp",
-                            sign_model: str | None = None) -> Path:
-    """Selected fixture variants for fashion_mnist, sign_mnist and imdb under `root`."""
+                            sign_model: str | None = None, user_task: bool = False) -> Path:
+    """Selected fixture variants for fashion_mnist, sign_mnist and imdb under `root`, and with
+    `user_task` an imported-style task of colour images (`write_user_task`)."""
     root = Path(root)
     write_image_variant(root, "fashion_mnist", image_model)
     write_image_variant(root, "sign_mnist", sign_model or image_model, seed=1)
     write_text_variant(root)
+    if user_task:
+        write_user_task(root)
     return root
 
 

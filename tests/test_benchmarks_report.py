@@ -10,6 +10,7 @@ from benchmarks import check as gate
 from benchmarks.cli import main
 from benchmarks.report import render_all, render_markdown
 from benchmarks.suite import BenchmarkError, add_ratios, quick_settings, run_suite
+from tests.tiny_models import IMPORTED_TASK, IMPORTED_VARIANT
 
 
 def _row(variant, runtime, acc, p50, ips32, nbytes, parent=None, ratios=None):
@@ -229,7 +230,8 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  
     bench = run_suite(str(tiny_artifacts), settings, progress=lambda msg: None)
     rows = {(r["task"], r["variant"], r["runtime"]): r for r in bench["results"]}
     variants = [("fashion_mnist", "fashion_mnist_tiny"), ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
-                ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")]
+                ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny"),
+                (IMPORTED_TASK, IMPORTED_VARIANT)]
     assert set(rows) == {(t, v, rt) for t, v in variants for rt in ("keras", "litert", "onnx")}
     assert not [r["error"] for r in bench["results"] if r["error"]]
     for (task, variant, runtime), r in rows.items():

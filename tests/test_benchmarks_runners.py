@@ -7,6 +7,7 @@ from core.evaluate import accuracy
 from core.runners import MODEL_FILES, RUNTIMES, RunnerError, open_runner, runtimes_for
 from core.manifest import probabilities as as_probabilities
 from tests.conftest import run_without_tensorflow
+from tests.tiny_models import IMPORTED_TASK, IMPORTED_VARIANT
 from core import data as datasets
 from core.artifacts import find_variant
 from core.preprocessing import ImagePreprocessor
@@ -124,4 +125,5 @@ def test_tiny_artifacts_are_valid_variants(tiny_artifacts):
     found = {(v.task, v.name) for v in list_variants(tiny_artifacts, verify=True)}
     assert found == {("fashion_mnist", "fashion_mnist_tiny"),
                      ("fashion_mnist", "fashion_mnist_tiny-prune-50"),
-                     ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny")}
+                     ("sign_mnist", "sign_mnist_tiny"), ("imdb", "imdb_tiny"),
+                     (IMPORTED_TASK, IMPORTED_VARIANT)}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.artifacts import find_variant, selected_variant
+from core.artifacts import find_variant, list_variants, selected_variant
 from core.userdata import DataSource, scan
 from tests import user_datasets
 
@@ -296,3 +296,36 @@ def test_zoo_model_trains_on_the_users_folder(files, tmp_path):
                               "--data", str(files["folder"]), "--artifacts", str(tmp_path)],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert no_task.returncode == 2 and "--data needs --task" in no_task.stderr
+
+
+def test_every_technique_runs_on_an_imported_colour_model(files, tmp_path):
+    """The compress pipeline on a user's model of non-square RGB input (20x24x3), imported."""
+    from compress import pipeline
+    from compress.recipe import parse_recipe
+    from core.tf_setup import keras, tf
+    from core.userdata import read_split
+    from trainer.importer import import_model
+
+    shape = (20, 24, 3)
+    x, y, _ = read_split(DataSource.detect(files["folder"], image=shape), "train")
+    tf.random.set_seed(0)
+    L = keras.layers
+    model = keras.Sequential([keras.Input(shape), L.Conv2D(8, 3, activation="relu"),
+                              L.MaxPool2D(), L.Conv2D(16, 3, activation="relu"), L.Flatten(),
+                              L.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x / 255.0, y, epochs=4, batch_size=32, verbose=0)
+    model.save(tmp_path / "rgb.keras")
+    base = import_model(tmp_path / "rgb.keras", files["folder"], "digits_colour",
+                        artifacts=tmp_path / "art", log=lambda *a: None)
+    steps = [{"technique": t, **({"params": p} if p else {})} for t, p in (
+        ("prune", {"sparsity": 0.5}), ("channels", {"ratio": 0.5}), ("separable", None),
+        ("lowrank", {"rank_ratio": 0.5}), ("qat", None), ("tflite", {"mode": "int8"}),
+        ("onnx_static", None), ("onnx_dynamic", None), ("onnx_fp16", None))]
+    recipe = parse_recipe({"epochs": 1, "train_limit": 600, "parity_size": 300, "steps": steps})
+    rows = pipeline.run_model(tmp_path / "art", "digits_colour", base.name, recipe, log=lambda *a: None)
+    failed = {r["variant"]: r.get("reason") for r in rows if r["status"] not in ("ok",)}
+    assert not failed, failed
+    assert len(rows) == 1 + len(steps)
+    for v in list_variants(tmp_path / "art", "digits_colour", verify=True):
+        assert v.input.example_shape == shape and v.preprocessor().input_shape == shape

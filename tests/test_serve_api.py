@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from serve import dataplane
 from serve.app import create_app
-from serve.fixtures import write_fixture_artifacts
+from serve.fixtures import USER_SHAPE, USER_TASK, write_fixture_artifacts
 from serve.settings import Settings
 from core.artifacts import selected_variant
 from core.runtime import variant_session
@@ -31,7 +31,8 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-api"))
+    # With a user's task beside the built-in ones (non-square colour images).
+    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-api"), user_task=True)
 
 
 def start(app) -> TestClient:
@@ -120,6 +121,38 @@ def test_classify_text_and_texts(client):
     assert sum(p["probability"] for p in top) == pytest.approx(1.0, abs=1e-5)
     r = client.post("/v1/classify/imdb?k=1", json={"texts": ["Great.", "Awful.", "Fine."]})
     assert r.status_code == 200 and [len(x["top_k"]) for x in r.json()["results"]] == [1, 1, 1]
+
+
+# Every image task, built-in and imported, with its model's (height, width, channels).
+IMAGE_TASKS = {"fashion_mnist": (28, 28, 1), USER_TASK: USER_SHAPE}
+
+
+@pytest.mark.parametrize("task", IMAGE_TASKS)
+def test_every_image_task_answers_alike_on_every_protocol(client, artifacts, task):
+    h, w, c = IMAGE_TASKS[task]
+    raw = RNG.integers(0, 256, (2, h, w) if c == 1 else (2, h, w, c))
+    expected = reference_probs(artifacts, task, raw)
+    variant = selected_variant(artifacts, task)
+    model = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == task)
+    assert model["kind"] == "image" and model["input_shape"] == [h, w, c]
+    one = client.post(f"/v1/classify/{task}?k=1", json={"pixels": raw[0].tolist()}).json()
+    best = int(expected[0].argmax())
+    assert one["top_k"][0] == {"label": variant.labels[best], "class_id": best,
+                               "probability": pytest.approx(float(expected[0, best]), abs=1e-5)}
+    batch = client.post(f"/v1/classify/{task}?k=1", json={"pixels": raw.tolist()}).json()
+    assert [r["top_k"][0]["class_id"] for r in batch["results"]] == list(expected.argmax(1))
+    upload = client.post(f"/v1/classify/{task}", files={"file": ("x.png", png_bytes(), "image/png")})
+    assert upload.status_code == 200, upload.text
+    x = variant.preprocessor()(raw)
+    v2 = client.post(f"/v2/models/{task}/infer", json={"inputs": [{
+        "name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
+    assert v2.status_code == 200, v2.text
+    np.testing.assert_allclose(np.array(v2.json()["outputs"][0]["data"]).reshape(expected.shape),
+                               expected, atol=1e-5)
+    tfs = client.post(f"/v1/models/{task}:predict", json={"instances": x.tolist()})
+    np.testing.assert_allclose(tfs.json()["predictions"], expected, atol=1e-5)
+    wrong = client.post(f"/v1/classify/{task}", json={"pixels": np.zeros((h + 1, w)).tolist()})
+    assert wrong.status_code == 422 and f"{h}x{w}" in wrong.json()["error"]
 
 
 BAD_REQUESTS = [

@@ -3,8 +3,10 @@
 `build_tiny_artifacts` writes an artifact root with untrained-but-real tf_keras
 models for the three served tasks, exported to ONNX and TFLite by core.export.export_float
 and written through core.artifacts.create_variant, plus one derived variant (a copy of the
-Fashion model with half its kernel zeroed) so lineage ratios have something to compare.
-About 15 s on 2 cores, most of it TensorFlow's import and the converters.
+Fashion model with half its kernel zeroed) so lineage ratios have something to compare, and a
+user's task imported the way `python -m trainer import` does it (`IMPORTED_TASK`: 300 of
+scikit-learn's digits as a folder of colour PNGs, a model taking non-square 12x10 RGB input).
+About 20 s on 2 cores, most of it TensorFlow's import and the converters.
 """
 from __future__ import annotations
 
@@ -32,6 +34,28 @@ def _save(root, task, name, model, parity_x, preprocessing, output, parent=None,
         export_float(model, v.dir, parity_x)
         for rel, writer in extra_files:
             writer(v.path(rel))
+
+
+IMPORTED_TASK, IMPORTED_VARIANT = "digits_rgb", "digits_rgb_tiny"
+
+
+def import_tiny_digits(root) -> None:
+    from pathlib import Path
+
+    from core.tf_setup import keras
+    from tests import user_datasets
+    from trainer.importer import import_model
+
+    x, y = user_datasets.digits()
+    folder = user_datasets.write_digit_folder(Path(root).parent / f"{Path(root).name}-digits",
+                                              x[:300], y[:300])
+    model = keras.Sequential([keras.layers.Input((12, 10, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax",
+                                                 bias_initializer=keras.initializers.RandomNormal(
+                                                     stddev=0.1, seed=1))])
+    path = Path(root).parent / f"{IMPORTED_VARIANT}.keras"
+    model.save(path)
+    import_model(path, folder, IMPORTED_TASK, artifacts=root, log=lambda *a: None)
 
 
 def build_tiny_artifacts(root) -> None:
@@ -66,3 +90,4 @@ def build_tiny_artifacts(root) -> None:
                               keras.layers.Dense(1, activation="sigmoid")])
     _save(root, "imdb", "imdb_tiny", model, x, tokenizer, "sigmoid",
           extra_files=[("vocab.json", lambda p: tokenizer.save_vocabulary(p.parent))])
+    import_tiny_digits(root)
