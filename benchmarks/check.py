@@ -2,12 +2,13 @@
 
 A row (task/variant/runtime) fails when
   - its accuracy dropped by more than its budget (`accuracy_budget_pts`, percentage points), or
-  - its batch-1 speed ratio against the float Keras baseline of the same run (`speedup_best`:
-    the baseline's fastest query time / the row's fastest query time) fell by more than
-    `speed_tolerance` (25%) of the baseline's ratio, or
+  - its batch-1 speed ratio against the same model's float ONNX Runtime row of the same run
+    (`speedup_best`: that reference's fastest query time / the row's fastest query time) fell by
+    more than `speed_tolerance` (25%) of the baseline's ratio (rows on the runtimes a
+    deployment runs, `SPEED_GATED_RUNTIMES`; Keras rows are gated on accuracy only), or
   - it is in the baseline but missing from the run, or failed to run.
 Ratios, not absolute times, are compared: CI machines differ and are noisy, but a variant that
-was 3x faster than its Keras parent should stay about 3x faster on any machine.
+was 3x faster than its float parent should stay about 3x faster on any machine.
 
 Why only this ratio: two back-to-back `run --quick` on the shared 2-core machine (load average
 about 12) changed the fastest-query ratio by at most 34% (mostly < 10%), the best-round p50
@@ -15,12 +16,12 @@ ratio by up to 58% and the throughput ratios by 90% to 580%: other processes onl
 time, and the fastest call is the one they disturbed least. Throughput and p50 ratios stay in
 the report; gating on them would fail CI on noise.
 
-A row whose own latency rounds (or whose Keras baseline's) disagree by more than the tolerance
+A row whose own latency rounds (or whose reference row's) disagree by more than the tolerance
 cannot show a 25% regression: it is judged on a second measurement (`remeasure`, below) when
 the artifacts are at hand, else listed as too noisy to judge, not failed.
 Two more things keep CI from failing on noise rather than on regressions:
   - a row whose speed ratio fails is measured again before it is failed (`remeasure`: the row
-    and its Keras baseline, interleaved, more rounds), up to `REMEASURES` (2) times; only a
+    and its reference row, interleaved, more rounds), up to `REMEASURES` (2) times; only a
     regression that every re-measurement confirms fails: on a busy machine single rows run
     25-32% slower while the same code re-measures within budget.
   - the baseline stores, per row, the lowest of the run's ratio and `REMEASURES` more
@@ -47,6 +48,10 @@ from typing import Callable
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
 SPEED_KEYS = ("speedup_best",)
+# The runtimes whose speed is gated: those serve and deployments run. Keras is measured as a
+# reference for users, but a Keras call's Python overhead on a busy machine moves its ratio by
+# more than the tolerance between runs, and no deployment runs it.
+SPEED_GATED_RUNTIMES = ("onnx", "litert")
 # How many extra measurements a speed ratio gets: in the baseline (the lowest is kept) and in a
 # check before a failure stands (the ratio fails only if all of them stay below the floor).
 REMEASURES = 2
@@ -81,6 +86,12 @@ def _data_signature(task_info: dict) -> dict:
     return {"bundled_sample": source.startswith("bundled sample"), "n_test": task_info["n_test"]}
 
 
+def _reference_runtime(bench: dict) -> str | None:
+    """The runtime the run's ratios are against (every row's `baseline` is variant/runtime)."""
+    return next((r["baseline"].rsplit("/", 1)[1] for r in bench["results"]
+                 if r.get("baseline")), None)
+
+
 # remeasure(row, baseline_row) -> the row's speedup_best measured again
 Remeasure = Callable[[dict, dict], float]
 
@@ -113,7 +124,8 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
             continue
         entry = {"accuracy": row["accuracy"], "accuracy_budget_pts": accuracy_budget_pts}
         is_reference = row["baseline"] == f"{row['variant']}/{row['runtime']}"
-        if not is_reference:  # the Keras baseline's own ratios are 1 by definition
+        # The reference's own ratios are 1 by definition.
+        if not is_reference and row["runtime"] in SPEED_GATED_RUNTIMES:
             ratios = _speed_ratios(row)
             base_row = by_key.get(f"{row['task']}/{row['baseline']}")
             if remeasure is not None and base_row is not None and "speedup_best" in ratios:
@@ -134,6 +146,7 @@ def make_baseline(bench: dict, accuracy_budget_pts: float = DEFAULT_ACCURACY_BUD
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "from_bench_created": bench.get("created"),
         "speed_tolerance": SPEED_TOLERANCE,
+        "reference_runtime": _reference_runtime(bench),
         "data": {task: _data_signature(info) for task, info in bench["tasks"].items()},
         "rows": rows,
     }
@@ -187,10 +200,10 @@ def _noise(row: dict, rows: dict, tolerance: float) -> str | None:
     """Why this row's speed ratio cannot be judged in this run, or None.
 
     A measurement whose own rounds disagree by more than the tolerance (its p50 spread) cannot
-    reveal a regression of that size, nor can a ratio against such a Keras baseline: other
+    reveal a regression of that size, nor can a ratio against such a reference row: other
     processes were competing for the CPU. Such rows are listed, not failed."""
     base = rows.get(f"{row['task']}/{row['baseline']}")
-    for what, r in (("row", row), ("its Keras baseline", base)):
+    for what, r in (("row", row), ("its reference row", base)):
         spread = ((r or {}).get("latency") or {}).get("spread_pct")
         if spread is not None and spread > 100 * tolerance:
             return (f"{what} p50 varied {spread:.0f}% between rounds (> {100 * tolerance:.0f}%): "
@@ -235,6 +248,12 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
                 f"{task}: the run used {_data_signature(info)} but the baseline was measured on "
                 f"{expected}; accuracies are not comparable (run on the same data, or update "
                 "the baseline)")
+    # Baselines from before the reference moved to ONNX Runtime have no reference_runtime.
+    if baseline.get("reference_runtime", "keras") != _reference_runtime(bench):
+        raise BaselineError(
+            f"the baseline's speed ratios are against {baseline.get('reference_runtime', 'keras')}"
+            f" rows, this run's against {_reference_runtime(bench)}: update the baseline "
+            "(python -m benchmarks check --update)")
     tolerance = float(baseline.get("speed_tolerance", SPEED_TOLERANCE))
     result = CheckResult()
     rows = {_row_key(r): r for r in bench["results"]}
@@ -259,7 +278,8 @@ def check(bench: dict, baseline: dict | str | Path, *, remeasure: Remeasure | No
                             f"{expected['accuracy_budget_pts']} pts)")
         current = _speed_ratios(row)
         base_row = rows.get(f"{row['task']}/{row['baseline']}")
-        noisy = _noise(row, rows, tolerance)
+        gated = any(k in expected for k in SPEED_KEYS)
+        noisy = _noise(row, rows, tolerance) if gated else None
         remeasured = 0  # re-measurements spent on this row
         if noisy and remeasure is not None and base_row is not None and remeasures > 0:
             # The run's rounds disagreed: judge the row on a second, interleaved measurement.

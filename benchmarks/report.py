@@ -140,7 +140,7 @@ def render_markdown(bench: dict) -> str:
         f"{settings['budget_s']} s per measurement{' (quick)' if settings.get('quick') else ''}",
         "",
         "Latency: batch-1 queries one after another (SingleStream). Throughput: back-to-back "
-        "batches (Offline). × columns are ratios against the float Keras baseline of the same "
+        "batches (Offline). × columns are ratios against the float ONNX Runtime row of the same "
         "model measured in this run, from each measurement's best round (× p50 > 1: faster; "
         "× size < 1: smaller). Spread: "
         "(max - min) / median of the rounds' p50; a large spread means a noisy machine.",

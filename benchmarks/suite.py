@@ -7,8 +7,8 @@ onnx on the CPU provider) this records one row:
   - batch-1 SingleStream latency (p50/p90/p99, spread between rounds);
   - Offline throughput at each batch size (default 32 and 256);
   - size of the runtime's model file (raw and gzip), params/MACs/sparsity;
-  - ratios against the float Keras baseline of the same model family, measured in the same run
-    (the root variant of the variant's lineage, run on keras).
+  - ratios against the float ONNX Runtime baseline of the same model family, measured in the
+    same run (the root variant of the variant's lineage, run on `REFERENCE_RUNTIME`).
 The result is one JSON-serializable dict (schema in benchmarks/README.md); `benchmarks.report`
 renders it. Thread counts are set explicitly (default 1) and recorded per row.
 """
@@ -228,8 +228,15 @@ def _best_items_per_s(throughput: dict) -> float:
     return max(throughput["round_items_per_s"])
 
 
+# The runtime every row's ratios are taken against: the root variant (trained or imported) in
+# float on ONNX Runtime. Every root has a model.onnx, and ONNX Runtime's batch-1 times vary
+# far less on a busy machine than Keras' (whose per-call Python overhead moved the Keras-based
+# ratios by a third between CI runs), so ratios against it make a steadier gate.
+REFERENCE_RUNTIME = "onnx"
+
+
 def add_ratios(rows: list[dict], roots: dict[tuple[str, str], str]) -> None:
-    """Give every row `baseline` (the root variant on keras) and `ratios` against it:
+    """Give every row `baseline` (the root variant on REFERENCE_RUNTIME) and `ratios` against it:
     speedup_p50 (baseline p50 / row p50, > 1 is faster), throughput_<batch> (row / baseline
     items/s), size (row file bytes / baseline file bytes), accuracy_delta_pts (row - baseline,
     in percentage points), speedup_best (baseline fastest query / row fastest query).
@@ -242,8 +249,8 @@ def add_ratios(rows: list[dict], roots: dict[tuple[str, str], str]) -> None:
     measured = {(r["task"], r["variant"], r["runtime"]): r for r in rows if not r["error"]}
     for row in rows:
         root = roots.get((row["task"], row["variant"]), row["variant"])
-        base = measured.get((row["task"], root, "keras"))
-        row["baseline"] = f"{root}/keras"
+        base = measured.get((row["task"], root, REFERENCE_RUNTIME))
+        row["baseline"] = f"{root}/{REFERENCE_RUNTIME}"
         if base is None or row["error"]:
             row["ratios"] = None
             continue
@@ -272,11 +279,12 @@ class SpeedupRemeasurer:
     """`remeasurer(row, base_row)` -> the row's speedup_best measured again, for the CI gate's
     second look at a speed ratio (`benchmarks.check`). Use it as a context manager.
 
-    The row's runtime and its Keras baseline are measured in alternating rounds, so that a burst
-    of load on a shared machine slows both rather than one of them; the fastest query of all
-    rounds is kept for each. Each Keras baseline stays open between calls instead of being
-    loaded again for each of the ~260 re-measurements of `check --update` (a dozen baselines
-    serve them all); the measuring itself (5 rounds x 2 x 0.2 s) is most of each call."""
+    The row's runtime and its baseline (the root on REFERENCE_RUNTIME) are measured in
+    alternating rounds, so that a burst of load on a shared machine slows both rather than one
+    of them; the fastest query of all rounds is kept for each. Each baseline stays open between
+    calls instead of being loaded again for each of the ~260 re-measurements of
+    `check --update` (a dozen baselines serve them all); the measuring itself
+    (5 rounds x 2 x 0.2 s) is most of each call."""
 
     def __init__(self, bench: dict, *, rounds: int = 5, budget_s: float = 0.2,
                  progress: Callable[[str], None] = _log):
@@ -308,7 +316,8 @@ class SpeedupRemeasurer:
         if key not in self._baselines:
             base = load_variant(key)
             runner = self._open.enter_context(
-                open_runner(base, "keras", providers=("cpu",), threads=self._threads))
+                open_runner(base, base_row["runtime"], providers=("cpu",),
+                            threads=self._threads))
             self._baselines[key] = (runner, self._inputs(base, base_row["task"]))
         return self._baselines[key]
 
@@ -318,7 +327,8 @@ class SpeedupRemeasurer:
         variant = load_variant(row["variant_dir"])
         base_runner, base_x = self._baseline(base_row)
         self._progress(f"re-measuring {row['task']}/{row['variant']} {row['runtime']} against "
-                       f"{base_row['variant']} keras ({self._rounds} alternating rounds)")
+                       f"{base_row['variant']} {base_row['runtime']} ({self._rounds} alternating "
+                       f"rounds)")
         best = {"row": float("inf"), "base": float("inf")}
         with open_runner(variant, row["runtime"], providers=("cpu",),
                          threads=self._threads) as runner:

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -515,9 +516,73 @@ def _stack(xs: list, kind: str) -> np.ndarray:
     return np.stack(xs)
 
 
+def cache_dir() -> Path:
+    """Where decoded image folders are kept: $TINYSHIP_CACHE, else ~/.cache/tinyship."""
+    return Path(os.environ.get("TINYSHIP_CACHE") or Path.home() / ".cache" / "tinyship")
+
+
+def _cache_key(source: DataSource, split: str, listing: Listing) -> str:
+    """Changes when the source's settings or any of the split's files (name, size, mtime) do."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([source.to_dict(), split, listing.image]).encode())
+    for item in listing.items[split]:
+        st = Path(item).stat()
+        h.update(f"{item}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:24]
+
+
+def _read_images_to_cache(source: DataSource, split: str):
+    """An image folder's split decoded once into a uint8 .npy beside its labels and read report
+    (under `cache_dir()`), written batch by batch and opened memory-mapped: the split is never
+    held whole in memory, and every later process (compress's workers, benchmarks, serve's
+    tests) maps the file instead of decoding thousands of images again."""
+    listing = scan(source)
+    base = cache_dir() / "datasets" / _cache_key(source, split, listing)
+    x_path, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
+    if not meta_path.is_file():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        n, report = listing.count(split), ReadReport()
+        h, w, c = listing.image
+        tmp = base.parent / f".{base.name}.{os.getpid()}.npy"
+        x = np.lib.format.open_memmap(tmp, "w+", np.uint8, (n, h, w) if c == 1 else (n, h, w, c))
+        ys, filled = [], 0
+        for xb, yb in iter_batches(source, split, 512, report):
+            x[filled:filled + len(xb)] = xb
+            filled += len(xb)
+            ys.append(yb)
+        if filled == 0:
+            tmp.unlink(missing_ok=True)
+            raise DatasetFormatError(f"{source.path}: no readable {split} examples "
+                                     f"({report.summary()})")
+        x.flush()
+        del x
+        if filled < n:  # unreadable files left out: copy the first `filled` rows
+            full = np.load(tmp, mmap_mode="r")
+            trimmed = tmp.with_name(f"{tmp.stem}.trim.npy")
+            out = np.lib.format.open_memmap(trimmed, "w+", np.uint8, (filled, *full.shape[1:]))
+            for i in range(0, filled, 4096):
+                out[i:i + 4096] = full[i:min(i + 4096, filled)]
+            out.flush()
+            del out, full
+            os.replace(trimmed, tmp)
+        os.replace(tmp, x_path)
+        meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}")
+        meta_tmp.write_text(json.dumps({"y": np.concatenate(ys).tolist(),
+                                        "unreadable": report.unreadable}))
+        os.replace(meta_tmp, meta_path)
+    meta = json.loads(meta_path.read_text())
+    report = ReadReport([tuple(u) for u in meta["unreadable"]])
+    return np.load(x_path, mmap_mode="r"), np.asarray(meta["y"], np.int64), report
+
+
 @functools.lru_cache(maxsize=4)
 def read_split(source: DataSource, split: str) -> tuple[np.ndarray, np.ndarray, ReadReport]:
-    """The whole split in memory: (x, y, what could not be read)."""
+    """The whole split: (x, y, what could not be read). An image folder's pixels come
+    memory-mapped from the decoded cache (`_read_images_to_cache`); texts and the arrays of a
+    CSV or .npz are in memory."""
+    if USER_FORMATS[source.format].read_item is not None and scan(source).kind == "image":
+        return _read_images_to_cache(source, split)
     report = ReadReport()
     parts = list(iter_batches(source, split, 1024, report))
     if not parts:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Decoded image folders (core.userdata) go to a cache of this session, shared with the
+# command lines the tests start, not to the user's ~/.cache/tinyship.
+os.environ.setdefault("TINYSHIP_CACHE", tempfile.mkdtemp(prefix="tinyship-test-cache-"))
 # Packages that the TensorFlow-free paths must never import (see `run_without_tensorflow`).
 BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
 BLOCKER = textwrap.dedent(f"""

@@ -26,7 +26,7 @@ def _row(variant, runtime, acc, p50, ips32, nbytes, parent=None, ratios=None):
         "model_stats": {"params": 101_770, "macs": 101_632, "sparsity": 0.5 if parent else 0.0,
                         "source": "onnx graph"},
         "variant_dir": "/nonexistent", "curves": None, "runner": None, "error": None,
-        "baseline": "mlp/keras", "ratios": ratios,
+        "baseline": "mlp/onnx", "ratios": ratios,
     }
 
 
@@ -38,14 +38,15 @@ FIXED_BENCH = {
     "tasks": {"fashion_mnist": {"data_source": "bundled sample data/samples/fashion_mnist.npz",
                                 "n_test": 1000}},
     "results": [
-        _row("mlp", "keras", 0.85, 0.200, 100_000, 400_000,
+        # The reference row: the root variant in float on ONNX Runtime.
+        _row("mlp", "onnx", 0.85, 0.010, 2_000_000, 300_000,
              ratios={"speedup_p50": 1.0, "speedup_best": 1.0, "throughput_32": 1.0, "size": 1.0,
                      "accuracy_delta_pts": 0.0}),
-        _row("mlp", "onnx", 0.85, 0.010, 2_000_000, 300_000,
-             ratios={"speedup_p50": 20.0, "speedup_best": 20.0, "throughput_32": 20.0, "size": 0.75,
-                     "accuracy_delta_pts": 0.0}),
+        _row("mlp", "keras", 0.85, 0.200, 100_000, 400_000,
+             ratios={"speedup_p50": 0.05, "speedup_best": 0.05, "throughput_32": 0.05,
+                     "size": 1.33, "accuracy_delta_pts": 0.0}),
         _row("mlp-int8", "onnx", 0.84, 0.005, 4_000_000, 100_000, parent="mlp",
-             ratios={"speedup_p50": 40.0, "speedup_best": 40.0, "throughput_32": 40.0, "size": 0.25,
+             ratios={"speedup_p50": 2.0, "speedup_best": 2.0, "throughput_32": 2.0, "size": 0.33,
                      "accuracy_delta_pts": -1.0}),
     ],
     "duration_s": 1.0,
@@ -55,7 +56,7 @@ FIXED_BENCH = {
 def test_markdown_from_a_fixed_record():
     md = render_markdown(FIXED_BENCH)
     assert "## fashion_mnist" in md
-    assert "| mlp-int8 | onnx | 84.00 | -1.00 | 0.0050 | 0.0100 | 3 | 40.00 | 4.00M | 40.00 |" in md
+    assert "| mlp-int8 | onnx | 84.00 | -1.00 | 0.0050 | 0.0100 | 3 | 2.00 | 4.00M | 2.00 |" in md
     assert "fastest at batch 1 (p50): **mlp-int8** on onnx" in md
     assert "Pareto front: mlp-int8 (onnx), mlp (onnx)" in md
 
@@ -79,18 +80,20 @@ def test_report_command_rerenders_a_saved_record(tmp_path, capsys):
 
 def test_check_passes_unchanged_and_fails_doctored_regressions():
     baseline = gate.make_baseline(FIXED_BENCH, accuracy_budget_pts=0.5)
-    assert "speedup_best" not in baseline["rows"]["fashion_mnist/mlp/keras"]  # 1 by definition
-    assert baseline["rows"]["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 40.0
+    assert "speedup_best" not in baseline["rows"]["fashion_mnist/mlp/onnx"]  # 1 by definition
+    assert "speedup_best" not in baseline["rows"]["fashion_mnist/mlp/keras"]  # not gated
+    assert baseline["rows"]["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 2.0
+    assert baseline["reference_runtime"] == "onnx"
     assert gate.check(FIXED_BENCH, baseline).ok
 
     slower = copy.deepcopy(FIXED_BENCH)
-    slower["results"][2]["ratios"]["speedup_best"] = 40.0 * 0.70  # -30%: beyond the 25% allowed
+    slower["results"][2]["ratios"]["speedup_best"] = 2.0 * 0.70  # -30%: beyond the 25% allowed
     result = gate.check(slower, baseline)
     assert not result.ok
-    assert "fashion_mnist/mlp-int8/onnx: speedup_best 28.00x vs baseline 40.00x" in result.render()
+    assert "fashion_mnist/mlp-int8/onnx: speedup_best 1.40x vs baseline 2.00x" in result.render()
 
     noisy = copy.deepcopy(FIXED_BENCH)
-    noisy["results"][2]["ratios"]["speedup_best"] = 40.0 * 0.80  # -20%: within budget
+    noisy["results"][2]["ratios"]["speedup_best"] = 2.0 * 0.80  # -20%: within budget
     assert gate.check(noisy, baseline).ok
 
     worse = copy.deepcopy(FIXED_BENCH)
@@ -106,32 +109,37 @@ def test_check_passes_unchanged_and_fails_doctored_regressions():
     result = gate.check(added, baseline)
     assert result.ok and result.new_rows == ["fashion_mnist/mlp-new/onnx"]
 
+    old = {**baseline}
+    del old["reference_runtime"]  # a baseline from when ratios were against Keras
+    with pytest.raises(gate.BaselineError, match="against keras rows, this run's against onnx"):
+        gate.check(FIXED_BENCH, old)
+
 
 def test_check_remeasures_a_failed_speed_ratio_before_failing_it():
     baseline = gate.make_baseline(FIXED_BENCH)
     slower = copy.deepcopy(FIXED_BENCH)
-    slower["results"][2]["ratios"]["speedup_best"] = 40.0 * 0.70  # -30%
+    slower["results"][2]["ratios"]["speedup_best"] = 2.0 * 0.70  # -30%
     calls = []
 
     def busy_then_fine(row, base_row):
         calls.append((row["variant"], row["runtime"], base_row["variant"], base_row["runtime"]))
-        return 39.0
+        return 1.95
 
     result = gate.check(slower, baseline, remeasure=busy_then_fine)
-    assert result.ok and calls == [("mlp-int8", "onnx", "mlp", "keras")]
-    assert "re-measured 39.00x, within budget" in result.remeasured[0]
+    assert result.ok and calls == [("mlp-int8", "onnx", "mlp", "onnx")]
+    assert "re-measured 1.95x, within budget" in result.remeasured[0]
 
     # A regression stands only when every re-measurement (2 by default) confirms it.
-    result = gate.check(slower, baseline, remeasure=lambda row, base: 20.0)
-    assert result.failures == ["fashion_mnist/mlp-int8/onnx: speedup_best 28.00x vs baseline "
-                               "40.00x (-30%, allowed -25%); re-measured 20.00x, 20.00x, "
+    result = gate.check(slower, baseline, remeasure=lambda row, base: 1.0)
+    assert result.failures == ["fashion_mnist/mlp-int8/onnx: speedup_best 1.40x vs baseline "
+                               "2.00x (-30%, allowed -25%); re-measured 1.00x, 1.00x, "
                                "still below"]
-    values = iter([25.0, 31.0])
+    values = iter([1.25, 1.55])
     result = gate.check(slower, baseline, remeasure=lambda row, base: next(values))
     assert result.ok
-    assert "re-measured 25.00x, 31.00x, within budget" in result.remeasured[0]
-    result = gate.check(slower, baseline, remeasure=lambda row, base: 20.0, remeasures=1)
-    assert result.failures[0].endswith("re-measured 20.00x, still below")
+    assert "re-measured 1.25x, 1.55x, within budget" in result.remeasured[0]
+    result = gate.check(slower, baseline, remeasure=lambda row, base: 1.0, remeasures=1)
+    assert result.failures[0].endswith("re-measured 1.00x, still below")
 
     def broken(row, base_row):
         raise OSError("model file gone")
@@ -143,19 +151,18 @@ def test_check_remeasures_a_failed_speed_ratio_before_failing_it():
 def test_baseline_keeps_the_lowest_of_the_run_and_its_remeasurements():
     # One high measurement must not set the bar (seen: a row stored at 38.2x whose siblings
     # and later measurements sat at 24-28x failed CI).
-    values = iter([38.0, 30.0, 45.0, 35.0])
+    values = iter([2.25, 1.75])
     baseline = gate.make_baseline(FIXED_BENCH, remeasure=lambda row, base: next(values))
     rows = baseline["rows"]
-    assert rows["fashion_mnist/mlp/onnx"]["speedup_best"] == 20.0  # the run's 20x is lowest
-    assert rows["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 35.0  # run 40, again 45, 35
-    assert "speedup_best" not in rows["fashion_mnist/mlp/keras"]  # the reference itself
+    assert rows["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 1.75  # run 2, again 2.25, 1.75
+    assert "speedup_best" not in rows["fashion_mnist/mlp/onnx"]  # the reference itself
 
     def broken(row, base_row):
         raise OSError("model file gone")
 
     said = []
     baseline = gate.make_baseline(FIXED_BENCH, remeasure=broken, progress=said.append)
-    assert baseline["rows"]["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 40.0
+    assert baseline["rows"]["fashion_mnist/mlp-int8/onnx"]["speedup_best"] == 2.0
     assert any("re-measuring failed (OSError: model file gone)" in m for m in said)
 
 
@@ -163,14 +170,14 @@ def test_check_confirms_a_noisy_rows_failing_remeasurement_once_more():
     baseline = gate.make_baseline(FIXED_BENCH)
     busy = copy.deepcopy(FIXED_BENCH)
     busy["results"][2]["latency"]["spread_pct"] = 60.0  # the row's own rounds disagree
-    values = iter([20.0, 38.0])
+    values = iter([1.0, 1.9])
     result = gate.check(busy, baseline, remeasure=lambda row, base: next(values))
     assert result.ok, result.render()
     assert "first measurement too noisy" in result.remeasured[0]
-    assert "re-measured 38.00x, within budget" in result.remeasured[1]
-    result = gate.check(busy, baseline, remeasure=lambda row, base: 20.0)
-    assert result.failures == ["fashion_mnist/mlp-int8/onnx: speedup_best 20.00x vs baseline "
-                               "40.00x (-50%, allowed -25%); re-measured 20.00x, still below"]
+    assert "re-measured 1.90x, within budget" in result.remeasured[1]
+    result = gate.check(busy, baseline, remeasure=lambda row, base: 1.0)
+    assert result.failures == ["fashion_mnist/mlp-int8/onnx: speedup_best 1.00x vs baseline "
+                               "2.00x (-50%, allowed -25%); re-measured 1.00x, still below"]
 
 
 def test_check_lists_exports_compress_rejected_instead_of_failing_them(tmp_path):
@@ -190,7 +197,7 @@ def test_check_lists_exports_compress_rejected_instead_of_failing_them(tmp_path)
     assert result.ok and "top-1 agreement 98.83%" in result.not_produced[0]
     del missing["results"][1]  # a row that vanished for no recorded reason still fails
     result = gate.check(missing, baseline, rejected=rejected)
-    assert result.failures == ["fashion_mnist/mlp/onnx: in the baseline but not in this run"]
+    assert result.failures == ["fashion_mnist/mlp/keras: in the baseline but not in this run"]
 
 
 def test_check_refuses_a_baseline_from_other_data():
@@ -211,10 +218,10 @@ def test_check_command_update_then_check(tmp_path, capsys):
                  *no_artifacts]) == 0
     assert main(["check", "--bench", str(bench), "--baseline", str(baseline), *no_artifacts]) == 0
     doctored = copy.deepcopy(FIXED_BENCH)
-    doctored["results"][1]["ratios"]["speedup_best"] = 1.0
+    doctored["results"][2]["ratios"]["speedup_best"] = 1.0
     bench.write_text(json.dumps(doctored))
     assert main(["check", "--bench", str(bench), "--baseline", str(baseline), *no_artifacts]) == 1
-    assert "FAIL fashion_mnist/mlp/onnx: speedup_best 1.00x vs baseline 20.00x" in capsys.readouterr().out
+    assert "FAIL fashion_mnist/mlp-int8/onnx: speedup_best 1.00x vs baseline 2.00x" in capsys.readouterr().out
 
 
 def test_empty_artifact_root_is_a_clear_error(tmp_path, capsys):
@@ -240,7 +247,7 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  
         assert r["n_test"] == bench["tasks"][task]["n_test"] > 0
         assert set(r["throughput"]) == {"32", "256"} and r["latency"]["n"] > 0
     pruned = rows[("fashion_mnist", "fashion_mnist_tiny-prune-50", "onnx")]
-    assert pruned["baseline"] == "fashion_mnist_tiny/keras"
+    assert pruned["baseline"] == "fashion_mnist_tiny/onnx"
     assert pruned["ratios"]["speedup_p50"] > 0 and "throughput_256" in pruned["ratios"]
     assert bench["environment"]["cpus_usable"] >= 1 and "numpy" in bench["environment"]["libraries"]
 
@@ -256,13 +263,13 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  
 
     from benchmarks import suite
 
-    base_row = rows[("fashion_mnist", "fashion_mnist_tiny", "keras")]
+    base_row = rows[("fashion_mnist", "fashion_mnist_tiny", "onnx")]
     with suite.SpeedupRemeasurer(bench, rounds=2, budget_s=0.01,
                                  progress=lambda msg: None) as remeasure:
         again = remeasure(pruned, base_row)
     assert math.isfinite(again) and again > 0
 
-    # Many re-measurements against one baseline open that Keras model once, and close it.
+    # Many re-measurements against one reference open its model once, and close it.
     opened, closed = [], []
     real_open_runner = suite.open_runner
 
@@ -279,11 +286,11 @@ def test_run_measures_every_variant_on_every_runtime(tiny_artifacts, tmp_path,  
         for runtime in ("onnx", "litert", "keras"):
             row = rows[("fashion_mnist", "fashion_mnist_tiny-prune-50", runtime)]
             assert math.isfinite(remeasure(row, base_row))
-    assert opened.count(("fashion_mnist_tiny", "keras")) == 1
+    assert opened.count(("fashion_mnist_tiny", "onnx")) == 1
     assert sorted(opened) == sorted(closed) and len(opened) == 4
 
 
-def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
+def test_ratios_use_best_rounds_against_the_lineage_root_on_onnx_runtime():
     def row(variant, runtime, round_p50, round_ips, nbytes, acc):
         return {"task": "t", "variant": variant, "runtime": runtime, "error": None,
                 "accuracy": acc, "size": {"bytes": nbytes},
@@ -291,11 +298,11 @@ def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
                             "min_ms": min(round_p50) / 2},
                 "throughput": {"32": {"items_per_s": 0, "round_items_per_s": round_ips}}}
 
-    rows = [row("m", "keras", [1.0, 4.0, 2.0], [100, 50, 80], 1000, 0.9),
-            row("m-int8", "onnx", [0.1, 0.3, 0.2], [1000, 400, 900], 250, 0.88)]
+    rows = [row("m", "onnx", [1.0, 4.0, 2.0], [100, 50, 80], 1000, 0.9),
+            row("m-int8", "litert", [0.1, 0.3, 0.2], [1000, 400, 900], 250, 0.88)]
     add_ratios(rows, {("t", "m"): "m", ("t", "m-int8"): "m"})
     ratios = rows[1]["ratios"]
-    assert rows[1]["baseline"] == "m/keras"
+    assert rows[1]["baseline"] == "m/onnx"
     assert ratios["speedup_p50"] == pytest.approx(1.0 / 0.1)
     assert ratios["speedup_best"] == pytest.approx(0.5 / 0.05)
     assert ratios["throughput_32"] == pytest.approx(1000 / 100)
@@ -306,10 +313,10 @@ def test_ratios_use_best_rounds_against_the_lineage_root_on_keras():
 def test_check_does_not_judge_speed_measured_on_a_busy_machine():
     baseline = gate.make_baseline(FIXED_BENCH)
     busy = copy.deepcopy(FIXED_BENCH)
-    busy["results"][0]["latency"]["spread_pct"] = 60.0  # the Keras baseline's rounds disagree
-    busy["results"][2]["ratios"]["speedup_best"] = 1.0  # would be a -97% regression
+    busy["results"][0]["latency"]["spread_pct"] = 60.0  # the reference row's rounds disagree
+    busy["results"][2]["ratios"]["speedup_best"] = 0.05  # would be a -97% regression
     busy["results"][2]["accuracy"] = 0.70               # accuracy is still judged
     result = gate.check(busy, baseline)
-    assert any("speed not judged, its Keras baseline p50 varied 60%" in n for n in result.not_judged)
+    assert any("speed not judged, its reference row p50 varied 60%" in n for n in result.not_judged)
     assert result.failures == ["fashion_mnist/mlp-int8/onnx: accuracy 70.00% is 14.00 pts below "
                                "the baseline's 84.00% (budget 5.0 pts)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,38 @@ def test_per_channel_standardize_fit_and_roundtrip():
 def test_version_1_image_config_is_square_grayscale():
     p = preprocessor_from_config({"type": "image", "scaling": "minmax", "size": 28})
     assert p.input_shape == (28, 28, 1)
+
+
+def test_image_folders_are_decoded_once_to_a_memory_mapped_cache(tmp_path, monkeypatch):
+    from core import userdata
+
+    monkeypatch.setenv("TINYSHIP_CACHE", str(tmp_path / "cache"))
+    x, y = user_datasets.digits()
+    root = user_datasets.write_digit_folder(tmp_path / "d", x[:120], y[:120])
+    (root / "4" / "broken.png").write_bytes(b"\x89PNG but not really")
+    source = DataSource.detect(root, image=SHAPE, test_fraction=0.5)
+    listing = scan(source)
+    split = "train" if str(root / "4" / "broken.png") in listing.items["train"] else "test"
+    xs, ys, report = read_split(source, split)
+    assert isinstance(xs, np.memmap) and len(xs) == len(ys) == listing.count(split) - 1
+    assert len(report.unreadable) == 1
+    decoded = [np.asarray(b) for b, _ in iter_batches(source, split, 1000)]
+    assert np.array_equal(np.asarray(xs), np.concatenate(decoded))
+    files = sorted((tmp_path / "cache" / "datasets").glob("*.npy"))
+    assert len(files) == 1
+
+    # A later process (here: the caches of this one cleared) maps the file, decodes nothing.
+    read_split.cache_clear()
+    monkeypatch.setattr(userdata, "iter_batches", lambda *a, **k: pytest.fail("decoded again"))
+    again, _, report_again = read_split(source, split)
+    assert np.array_equal(again, xs) and report_again.unreadable == report.unreadable
+    monkeypatch.undo()
+    monkeypatch.setenv("TINYSHIP_CACHE", str(tmp_path / "cache"))
+    # A changed file is a new cache entry.
+    some = Path(listing.items[split][0])
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(some)
+    read_split.cache_clear()
+    scan.cache_clear()
+    fresh, _, _ = read_split(DataSource.detect(root, image=SHAPE, test_fraction=0.5), split)
+    assert len(sorted((tmp_path / "cache" / "datasets").glob("*.npy"))) == 2
+    assert fresh[0].max() == 0 or not np.array_equal(fresh, xs)
