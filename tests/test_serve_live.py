@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from serve.app import create_app
-from serve.fixtures import write_fixture_artifacts
+from serve.fixtures import USER_LABELS, USER_TASK, write_fixture_artifacts
 from serve.settings import Settings
 from tests.conftest import REPO
 from core.artifacts import selected_variant
@@ -49,7 +49,7 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-live"))
+    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-live"), user_task=True)
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +271,18 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
             assert len(top) == 3 and all(any(item.startswith(lbl + " ") for lbl in FASHION_LABELS)
                                          for item in top), answer
             assert "variant fixture_mlp" in evaluate("document.getElementById('status').textContent")
+            # An imported task (20x24 colour input) is listed from /v1/models and classifies
+            # the drawing at its own size and channel count.
+            wait_for(f"!!document.querySelector('#task option[value={USER_TASK}]')")
+            evaluate(f"""(() => {{ const t = document.getElementById('task');
+                       t.value = '{USER_TASK}'; t.dispatchEvent(new Event('change'));
+                       document.getElementById('results').innerHTML = '';
+                       document.getElementById('classify').click(); }})()""")
+            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                              ".map(li => li.textContent).join('|')")
+            assert sorted(item.split(" ")[0] for item in answer.split("|")) == sorted(USER_LABELS)
+            assert "variant fixture_photos" in evaluate(
+                "document.getElementById('status').textContent")
     finally:
         browser.terminate()
         try:
