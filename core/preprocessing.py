@@ -82,10 +82,14 @@ class ImagePreprocessor:
                                                  or offset != 0))
 
     @classmethod
-    def fit(cls, x_train: np.ndarray, scaling: str = "minmax") -> "ImagePreprocessor":
+    def fit(cls, x_train: np.ndarray, scaling: str = "minmax",
+            rows: np.ndarray | None = None) -> "ImagePreprocessor":
         """The preprocessor for training pixels (N, H, W) or (N, H, W, C), uint8; "standardize"
-        takes its mean and std (per channel for colour) from them."""
-        x = np.asarray(x_train)
+        takes its mean and std (per channel for colour) from them. A memory-mapped split (a
+        user's image folder, core.userdata) is summed 4,096 images at a time, over `rows`."""
+        if isinstance(x_train, np.memmap):
+            return cls._fit_streamed(x_train, scaling, rows)
+        x = np.asarray(x_train) if rows is None else np.asarray(x_train)[rows]
         height, width = int(x.shape[1]), int(x.shape[2])
         channels = int(x.shape[3]) if x.ndim == 4 else 1
         if scaling == "standardize":
@@ -95,6 +99,24 @@ class ImagePreprocessor:
             return cls("standardize", _per_channel(mean), _per_channel(std), height, width,
                        channels)
         return cls(scaling, height=height, width=width, channels=channels)
+
+    @classmethod
+    def _fit_streamed(cls, x: np.memmap, scaling: str, rows) -> "ImagePreprocessor":
+        height, width = int(x.shape[1]), int(x.shape[2])
+        channels = int(x.shape[3]) if x.ndim == 4 else 1
+        if scaling != "standardize":
+            return cls(scaling, height=height, width=width, channels=channels)
+        rows = np.sort(np.arange(len(x)) if rows is None else np.asarray(rows))
+        total = np.zeros(channels)
+        squares = np.zeros(channels)
+        for i in range(0, len(rows), 4096):
+            chunk = x[rows[i:i + 4096]].astype(np.float64).reshape(-1, channels) / PIXEL_MAX
+            total += chunk.sum(axis=0)
+            squares += (chunk ** 2).sum(axis=0)
+        n = len(rows) * height * width
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+        return cls("standardize", _per_channel(mean), _per_channel(std), height, width, channels)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

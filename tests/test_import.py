@@ -339,3 +339,32 @@ def test_every_technique_runs_on_an_imported_colour_model(files, tmp_path):
     assert len(rows) == 1 + len(steps)
     for v in list_variants(tmp_path / "art", "digits_colour", verify=True):
         assert v.input.example_shape == shape and v.preprocessor().input_shape == shape
+
+
+def test_training_reads_a_folder_split_lazily(files, tmp_path):
+    """A user's image folder is memory-mapped (core.userdata) and the trainer preprocesses it a
+    batch at a time: its inputs are LazyInputs, every example is seen once per epoch."""
+    from core.preprocessing import ImagePreprocessor
+    from core.userdata import define_task, read_split
+    from trainer.fit import LazyInputs, _lazy_dataset, evaluate, prepare_data
+    from trainer.train import resolved_recipe
+
+    define_task(tmp_path, "digits_lazy", files["folder"], image=(16, 16, 1))
+    recipe = resolved_recipe("fashion_mlp", None, {"scaling": "standardize"})
+    data = prepare_data("digits_lazy", recipe)
+    assert all(isinstance(x, LazyInputs) for x in (data.x_train, data.x_val, data.x_test))
+    raw, _, _ = read_split(DataSource.detect(files["folder"], image=(16, 16, 1)), "train")
+    assert len(data.x_train) + len(data.x_val) == len(raw)
+    eager = ImagePreprocessor.fit(np.asarray(raw)[data.x_train.rows], "standardize")
+    assert data.preprocessor.mean == pytest.approx(eager.mean, rel=1e-9)
+    assert data.preprocessor.std == pytest.approx(eager.std, rel=1e-9)
+    assert data.x_train.shape == (len(data.x_train), 16, 16, 1)
+    np.testing.assert_array_equal(data.x_train[:3], eager(np.asarray(raw)[data.x_train.rows[:3]]))
+
+    ds = _lazy_dataset(data.x_train, data.y_train, 64, shuffle_seed=0)
+    epochs = [np.concatenate([y.numpy() for _, y in ds]) for _ in range(2)]
+    assert all(sorted(e) == sorted(data.y_train) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])  # shuffled anew each epoch
+    model = files["model"]
+    metrics, preds = evaluate(model, data.x_test, data.y_test)
+    assert len(preds) == len(data.y_test) and 0 <= metrics["test_accuracy"] <= 1

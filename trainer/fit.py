@@ -63,17 +63,45 @@ def seed_everything(recipe: Recipe) -> None:
 
 # ---------------------------------------------------------------- data
 
-# How the preprocessing of each input kind is fitted on the training split, from the recipe.
+# How the preprocessing of each input kind is fitted on the training split (rows `rows` of the
+# raw examples `x`), from the recipe.
 FIT_PREPROCESSING = {
-    "image": lambda x, recipe: ImagePreprocessor.fit(x, recipe.scaling),
-    "text": lambda x, recipe: TextTokenizer.fit(x, recipe.vocab_size, recipe.max_length,
-                                                recipe.ngrams),
-    "vector": lambda x, recipe: VectorPreprocessor(),
+    "image": lambda x, rows, recipe: ImagePreprocessor.fit(x, recipe.scaling, rows),
+    "text": lambda x, rows, recipe: TextTokenizer.fit(x[rows], recipe.vocab_size,
+                                                      recipe.max_length, recipe.ngrams),
+    "vector": lambda x, rows, recipe: VectorPreprocessor(),
 }
 
 
+class LazyInputs:
+    """Model inputs computed when indexed: rows of a raw split that stays on disk (a user's
+    memory-mapped image folder, core.userdata) through the preprocessor, a batch at a time, so
+    that training never holds the split's float inputs whole. Indexing with a slice or an index
+    array gives a numpy batch; `shape`, `dtype` and `len` are those of the whole."""
+
+    def __init__(self, raw: np.ndarray, preprocess, rows: np.ndarray | None = None):
+        self.raw, self.preprocess = raw, preprocess
+        self.rows = np.arange(len(raw)) if rows is None else np.asarray(rows)
+        first = preprocess(raw[self.rows[:1]]) if len(self.rows) else preprocess(raw[:1])
+        self.shape = (len(self.rows), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[key:key + 1][0] if key >= 0 else self[len(self) + key]
+        return self.preprocess(self.raw[self.rows[key]])
+
+    def batches(self, size: int):
+        for i in range(0, len(self), size):
+            yield self[i:i + size]
+
+
 def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
-    """Load train/test, hold out a seeded validation split, fit preprocessing on the rest."""
+    """Load train/test, hold out a seeded validation split, fit preprocessing on the rest. A
+    memory-mapped split (a user's image folder) stays on disk: its inputs are LazyInputs."""
     task = get_task(task_name)
     train = datasets.load(task.dataset, "train", data_dir=data_dir)
     test = datasets.load(task.dataset, "test", data_dir=data_dir)
@@ -82,18 +110,44 @@ def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
     order = np.random.default_rng(recipe.seed).permutation(len(train))
     n_val = int(round(len(train) * recipe.validation_split))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    prep = FIT_PREPROCESSING[task.kind](train.x[train_idx], recipe)
+    prep = FIT_PREPROCESSING[task.kind](train.x, train_idx, recipe)
+    if isinstance(train.x, np.memmap):
+        return PreparedData(task, prep, LazyInputs(train.x, prep, train_idx), train.y[train_idx],
+                            LazyInputs(train.x, prep, val_idx), train.y[val_idx],
+                            LazyInputs(test.x, prep), test.y, train.source, test.source)
     x_all = prep(train.x)
     return PreparedData(task, prep, x_all[train_idx], train.y[train_idx], x_all[val_idx],
                         train.y[val_idx], prep(test.x), test.y, train.source, test.source)
 
 
+def _lazy_dataset(x: LazyInputs, y: np.ndarray, batch_size: int, shuffle_seed: int | None,
+                  repeat: bool = False):
+    """Batches of a LazyInputs split, preprocessed as they are read (shuffled anew each epoch
+    when `shuffle_seed` is given)."""
+    rng = np.random.default_rng(shuffle_seed)
+
+    def batches():
+        while True:
+            order = rng.permutation(len(x)) if shuffle_seed is not None else np.arange(len(x))
+            for i in range(0, len(x), batch_size):
+                rows = np.sort(order[i:i + batch_size])  # memory-mapped reads in file order
+                yield x[rows], y[rows]
+            if not repeat:
+                return
+
+    spec = (tf.TensorSpec((None, *x.shape[1:]), x.dtype), tf.TensorSpec((None,), y.dtype))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+
 def _batches(x, y, recipe: Recipe, augmenter=None, repeat=False):
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=recipe.seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(recipe.batch_size)
+    if isinstance(x, LazyInputs):
+        ds = _lazy_dataset(x, y, recipe.batch_size, recipe.seed, repeat)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.shuffle(len(x), seed=recipe.seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(recipe.batch_size)
     if augmenter is not None:
         ds = ds.map(lambda xb, yb: (augmenter(xb, training=True), yb),
                     num_parallel_calls=tf.data.AUTOTUNE)
@@ -184,15 +238,28 @@ def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
     lr_log = LearningRateLogger(current_learning_rate)
     history = model.fit(
         train_ds, epochs=epochs, steps_per_epoch=recipe.steps_per_epoch or None,
-        validation_data=(data.x_val, y_val) if len(data.x_val) else None,
+        validation_data=_validation(data.x_val, y_val, recipe),
         callbacks=[lr_log, *training_callbacks(recipe), *extra_callbacks],
         verbose=progress_verbosity() if verbose is None else verbose)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
+def _validation(x, y, recipe: Recipe):
+    if not len(x):
+        return None
+    if isinstance(x, LazyInputs):
+        return _lazy_dataset(x, y, recipe.batch_size, None).prefetch(tf.data.AUTOTUNE)
+    return x, y
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[dict, np.ndarray]:
     """Test accuracy and cross-entropy from the model's probabilities; returns (metrics, preds)."""
-    probs = probabilities(model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64))
+    if isinstance(x, LazyInputs):
+        raw = np.concatenate([model.predict(b, batch_size=batch_size, verbose=0)
+                              for b in x.batches(8 * batch_size)])
+    else:
+        raw = model.predict(x, batch_size=batch_size, verbose=0)
+    probs = probabilities(raw.astype(np.float64))
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return {"test_accuracy": top1_accuracy(probs, y), "test_loss": float(-np.log(picked).mean()),
             "n_test": int(len(y))}, probs.argmax(axis=1)
