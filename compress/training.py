@@ -55,6 +55,9 @@ def compile_for(model, activation: str, learning_rate: float, soft_targets: bool
 def fine_tune(model, x: np.ndarray, y: np.ndarray, *, activation: str, num_classes: int,
               settings: FineTune, teacher=None, callbacks=()) -> dict:
     """Train `model` in place for `settings.epochs`; returns the Keras history."""
+    # A lazily preprocessed split (core.preprocessing.LazyInputs) is computed whole here:
+    # compress's recipes bound it with train_limit.
+    x = np.asarray(x)
     if settings.epochs <= 0:
         return {}
     teacher_probs = None

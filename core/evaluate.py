@@ -19,6 +19,7 @@ import numpy as np
 from core import data as datasets
 from core.artifacts import ArtifactError, Variant
 from core.manifest import probabilities
+from core.preprocessing import LazyInputs
 from core.tasks import get_task
 
 
@@ -40,7 +41,10 @@ def split_inputs(variant: Variant, split: str = "test", data_dir=None,
         datasets.load(get_task(variant.task).dataset, split, data_dir=data_dir)
     if limit:
         ds = ds.subset(limit)
-    # The preprocessor serve runs on a request, applied to the whole split.
+    # The preprocessor serve runs on a request, applied to the whole split; to a memory-mapped
+    # one (a user's image folder) a batch at a time, when the rows are read.
+    if isinstance(ds.x, np.memmap):
+        return EvalSet(LazyInputs(ds.x, variant.preprocessor()), ds.y, ds.source)
     return EvalSet(variant.preprocessor()(ds.x), ds.y, ds.source)
 
 

@@ -152,11 +152,13 @@ def summarize_offline(per_round: list[np.ndarray], batch_size: int) -> dict:
 def _batches(x: np.ndarray, batch_size: int, limit: int = 8) -> list[np.ndarray]:
     """Up to `limit` distinct batches of exactly `batch_size` rows, built ahead of time
     (rows repeat when `x` has fewer than `batch_size`)."""
-    x = np.asarray(x)
     if batch_size < 1:
         raise MeasureError(f"batch_size must be >= 1, got {batch_size}")
-    if x.ndim == 0 or len(x) == 0:
+    if getattr(x, "ndim", 1) == 0 or len(x) == 0:
         raise MeasureError(f"x must be a batch of at least one input, got shape {x.shape}")
+    # Only the first `limit` batches are used: convert just those rows (of a lazily
+    # preprocessed split, core.preprocessing.LazyInputs, only those are computed).
+    x = np.asarray(x[: limit * batch_size])
     n_batches = max(1, min(limit, len(x) // batch_size))
     idx = np.arange(n_batches * batch_size) % len(x)
     return [np.ascontiguousarray(x[idx[b * batch_size:(b + 1) * batch_size]])

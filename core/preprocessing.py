@@ -325,6 +325,43 @@ class VectorPreprocessor:
         return cls()
 
 
+class LazyInputs:
+    """Model inputs computed when indexed: rows of a raw split that stays on disk (a user's
+    memory-mapped image folder, core.userdata) through the preprocessor, a batch at a time, so
+    that training, evaluation and benchmarks never hold the split's float inputs whole.
+    Indexing with a slice or an index array gives a numpy batch; `shape`, `dtype` and `len`
+    are those of the whole. `np.asarray` computes every row (what a Keras fine-tune on a whole
+    split does; compress's recipes bound it with train_limit)."""
+
+    def __init__(self, raw: np.ndarray, preprocess, rows: np.ndarray | None = None):
+        self.raw, self.preprocess = raw, preprocess
+        self.rows = np.arange(len(raw)) if rows is None else np.asarray(rows)
+        first = preprocess(raw[self.rows[:1]]) if len(self.rows) else preprocess(raw[:1])
+        self.shape = (len(self.rows), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[key:key + 1][0] if key >= 0 else self[len(self) + key]
+        return self.preprocess(self.raw[self.rows[key]])
+
+    def batches(self, size: int):
+        for i in range(0, len(self), size):
+            yield self[i:i + size]
+
+    def __iter__(self):
+        for batch in self.batches(256):
+            yield from batch
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(list(self.batches(4096))) if len(self) else \
+            np.zeros(self.shape, self.dtype)
+        return out if dtype is None else out.astype(dtype)
+
+
 # The manifest's preprocessing "type" -> the class that rebuilds it (`from_config`). An input
 # kind with its own preprocessing is one row here.
 PREPROCESSORS = {"image": ImagePreprocessor, "text": TextTokenizer, "vector": VectorPreprocessor}

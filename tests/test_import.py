@@ -368,3 +368,20 @@ def test_training_reads_a_folder_split_lazily(files, tmp_path):
     model = files["model"]
     metrics, preds = evaluate(model, data.x_test, data.y_test)
     assert len(preds) == len(data.y_test) and 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_a_folder_tasks_test_inputs_are_computed_lazily_and_agree(imported):
+    """compress and benchmarks evaluate a user's image folder through LazyInputs (rows
+    preprocessed when read) and get the accuracy the import measured by streaming the files."""
+    from core.evaluate import accuracy, split_inputs
+    from core.preprocessing import LazyInputs
+    from core.runners import open_runner
+    from core.userdata import register_tasks
+
+    root, variant = imported
+    register_tasks(root)
+    ev = split_inputs(variant, "test")
+    assert isinstance(ev.x, LazyInputs) and ev.x.shape[1:] == (SIDE, SIDE, 1)
+    with open_runner(variant, "onnx") as runner:
+        assert accuracy(runner, ev.x, ev.y) == variant.metrics["test_accuracy"]
+    np.testing.assert_array_equal(np.asarray(ev.x)[:5], ev.x[:5])

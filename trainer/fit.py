@@ -19,7 +19,7 @@ import numpy as np
 from core import data as datasets
 from core.evaluate import top1_accuracy
 from core.manifest import probabilities
-from core.preprocessing import ImagePreprocessor, TextTokenizer, VectorPreprocessor
+from core.preprocessing import ImagePreprocessor, LazyInputs, TextTokenizer, VectorPreprocessor
 from core.tasks import TaskSpec, get_task
 from core.tf_setup import keras, require_tf_keras_model, tf
 from trainer.errors import TrainerInputError
@@ -71,32 +71,6 @@ FIT_PREPROCESSING = {
                                                       recipe.max_length, recipe.ngrams),
     "vector": lambda x, rows, recipe: VectorPreprocessor(),
 }
-
-
-class LazyInputs:
-    """Model inputs computed when indexed: rows of a raw split that stays on disk (a user's
-    memory-mapped image folder, core.userdata) through the preprocessor, a batch at a time, so
-    that training never holds the split's float inputs whole. Indexing with a slice or an index
-    array gives a numpy batch; `shape`, `dtype` and `len` are those of the whole."""
-
-    def __init__(self, raw: np.ndarray, preprocess, rows: np.ndarray | None = None):
-        self.raw, self.preprocess = raw, preprocess
-        self.rows = np.arange(len(raw)) if rows is None else np.asarray(rows)
-        first = preprocess(raw[self.rows[:1]]) if len(self.rows) else preprocess(raw[:1])
-        self.shape = (len(self.rows), *first.shape[1:])
-        self.dtype = first.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self[key:key + 1][0] if key >= 0 else self[len(self) + key]
-        return self.preprocess(self.raw[self.rows[key]])
-
-    def batches(self, size: int):
-        for i in range(0, len(self), size):
-            yield self[i:i + size]
 
 
 def prepare_data(task_name: str, recipe: Recipe, data_dir=None) -> PreparedData:
