@@ -385,3 +385,37 @@ def test_a_folder_tasks_test_inputs_are_computed_lazily_and_agree(imported):
     with open_runner(variant, "onnx") as runner:
         assert accuracy(runner, ev.x, ev.y) == variant.metrics["test_accuracy"]
     np.testing.assert_array_equal(np.asarray(ev.x)[:5], ev.x[:5])
+
+
+def test_imported_text_task_is_served_and_preprocessing_reads_yaml(text_files, tmp_path):
+    """A text model imported with its vocabulary given in a YAML preprocessing file answers on
+    /v1/classify like the model itself."""
+    from fastapi.testclient import TestClient
+
+    from core.artifacts import select_variant
+    from serve.app import create_app
+    from serve.settings import Settings
+    from trainer.importer import Preprocessing, import_model
+
+    options = tmp_path / "pre.yaml"
+    options.write_text(f"vocabulary: {text_files['vocab']}\nngrams: 1\n")
+    variant = import_model(text_files["keras"], text_files["folder"], "reviews", artifacts=tmp_path,
+                           log=lambda *a: None, preprocessing=Preprocessing.from_file(options))
+    select_variant(tmp_path, "reviews", variant.name)
+    review = "A wonderful, moving film with a great cast."
+    p = float(onnx_predict(variant, text_files["tokenizer"]([review]), np.int32)[0, 0])
+    with TestClient(create_app(Settings(artifacts=tmp_path, providers=("cpu",)))) as client:
+        for _ in range(300):
+            models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+            if models["reviews"]["state"] != "loading":
+                break
+            time.sleep(0.05)
+        answer = client.post("/v1/classify/reviews?k=2", json={"text": review}).json()
+    scores = {t["label"]: t["probability"] for t in answer["top_k"]}
+    assert scores["pos"] == pytest.approx(p, abs=1e-5) and scores["neg"] == pytest.approx(1 - p, abs=1e-5)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vocab: x.json\n")
+    from trainer.importer import ModelImportError
+
+    with pytest.raises(ModelImportError, match="unknown preprocessing option"):
+        Preprocessing.from_file(bad)
