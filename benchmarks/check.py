@@ -45,13 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.runners import SERVING_RUNTIMES
+
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25
 SPEED_KEYS = ("speedup_best",)
 # The runtimes whose speed is gated: those serve and deployments run. Keras is measured as a
 # reference for users, but a Keras call's Python overhead on a busy machine moves its ratio by
 # more than the tolerance between runs, and no deployment runs it.
-SPEED_GATED_RUNTIMES = ("onnx", "litert")
+SPEED_GATED_RUNTIMES = SERVING_RUNTIMES
 # How many extra measurements a speed ratio gets: in the baseline (the lowest is kept) and in a
 # check before a failure stands (the ratio fails only if all of them stay below the floor).
 REMEASURES = 2

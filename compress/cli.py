@@ -105,14 +105,17 @@ def _cmd_select(args) -> int:
         # Pinned by hand (an A/B test, a model with an ONNX file the budget would not pick).
         from core.artifacts import find_variant, select_variant
 
+        from core.artifacts import ArtifactError
+
         variant = find_variant(args.artifacts, args.task, args.variant)
-        if not variant.has_file("model.onnx"):
-            print(f"error: {args.task}/{args.variant} has no model.onnx; serve runs ONNX only",
-                  file=sys.stderr)
+        runtime = args.runtime or ("onnx" if variant.has_file("model.onnx") else "litert")
+        try:
+            path = select_variant(args.artifacts, args.task, args.variant,
+                                  {"rule": "pinned with `compress select --variant`"}, runtime)
+        except ArtifactError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        path = select_variant(args.artifacts, args.task, args.variant,
-                              {"rule": "pinned with `compress select --variant`"})
-        print(f"{args.task}: serving {args.variant} (pinned) -> {path}")
+        print(f"{args.task}: serving {args.variant} on {runtime} (pinned) -> {path}")
         return 0
     json_path, _ = pipeline.report_paths(args.artifacts, args.task)
     saved = json.loads(json_path.read_text()) if json_path.is_file() else None
@@ -166,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifacts", default=str(default_root()))
     s.add_argument("--budget", type=float, default=1.0, help="accuracy budget in points (default 1.0)")
     s.add_argument("--variant", help="pin this variant instead of selecting by the budget")
+    s.add_argument("--runtime", choices=["onnx", "litert"],
+                   help="with --variant: the runtime serve runs it on (default: onnx when the "
+                        "variant has model.onnx, else litert)")
     s.add_argument("--remeasure", action="store_true",
                    help="measure every variant's latency again first (when the machine is quiet)")
     s.add_argument("--data-dir", help="dataset folder the latency examples come from")

@@ -68,16 +68,24 @@ def predict_file(path: Path, x: np.ndarray, onnxruntime_options: dict | None = N
 
 
 def measure_latency(variant: Variant, example: np.ndarray) -> dict:
-    """Batch-1, 1-thread CPU latency with the benchmarks package (ONNX Runtime when the
-    variant has model.onnx, LiteRT otherwise)."""
+    """Batch-1, 1-thread CPU latency on every serving runtime the variant has a file for
+    (ONNX Runtime, LiteRT): `latency_p50_ms_by_runtime`, and the fastest one's numbers as
+    `latency_p50_ms` / `latency_runtime`."""
     from core.measure import single_stream
-    from core.runners import open_runner
+    from core.runners import SERVING_RUNTIMES, open_runner, runtimes_for
 
-    runtime = "onnx" if variant.has_file("model.onnx") else "litert"
-    with open_runner(variant, runtime, providers=("cpu",), threads=1) as runner:
-        stats = single_stream(runner, example, budget_s=LATENCY_ROUND_S)
+    measured = {}
+    for runtime in [rt for rt in runtimes_for(variant) if rt in SERVING_RUNTIMES]:
+        with open_runner(variant, runtime, providers=("cpu",), threads=1) as runner:
+            measured[runtime] = single_stream(runner, example, budget_s=LATENCY_ROUND_S)
+    if not measured:
+        raise CompressError(f"{variant.task}/{variant.name} has no model.onnx or model.tflite "
+                            f"to measure")
+    runtime = min(measured, key=lambda rt: measured[rt]["p50_ms"])
+    stats = measured[runtime]
     return {"latency_p50_ms": round(stats["p50_ms"], 5), "latency_p90_ms": round(stats["p90_ms"], 5),
             "latency_spread_pct": round(stats["spread_pct"], 2), "latency_runtime": runtime,
+            "latency_p50_ms_by_runtime": {rt: round(s["p50_ms"], 5) for rt, s in measured.items()},
             "latency_conditions": "CPU, batch 1, 1 thread"}
 
 
@@ -112,7 +120,7 @@ def _row(variant: Variant, status: str = "ok") -> dict:
     m = variant.metrics
     keys = ("test_accuracy", "params", "macs", "sparsity", "onnx_bytes", "onnx_gzip_bytes",
             "tflite_bytes", "tflite_gzip_bytes", "latency_p50_ms", "latency_spread_pct",
-            "latency_runtime")
+            "latency_runtime", "latency_p50_ms_by_runtime")
     row = {"variant": variant.name, "model": variant.model,
            "technique": variant.lineage.technique, "parent": variant.lineage.parent,
            "status": status, "has_onnx": variant.has_file("model.onnx")}
@@ -293,30 +301,51 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
 
 # ------------------------------------------------------------------ selection and report
 
+# The file each serving runtime runs, and the gzip size the report records for it.
+_GZIP_KEY = {"onnx": "onnx_gzip_bytes", "litert": "tflite_gzip_bytes"}
+GPU_NOT_MEASURED = ("not measured: compress measures batch-1 latency on the CPU; GPU "
+                    "measurements come from a GPU host (python -m benchmarks latency)")
+
+
+def _latencies(row: dict) -> dict[str, float]:
+    """runtime -> batch-1 p50 of a report row (older rows: their one measured runtime)."""
+    by_runtime = row.get("latency_p50_ms_by_runtime")
+    if by_runtime:
+        return dict(by_runtime)
+    if row.get("latency_p50_ms") is not None and row.get("latency_runtime"):
+        return {row["latency_runtime"]: row["latency_p50_ms"]}
+    return {}
+
+
 def select(rows: list[dict], budget_points: float) -> dict:
-    """The fastest ONNX variant whose accuracy is at most `budget_points` below the best
-    trained model; ties go to the smaller gzip size. Returns the reason record."""
+    """The CPU placement: of every (variant, serving runtime) pair measured, the fastest at
+    batch 1 whose variant's accuracy is at most `budget_points` below the best trained or
+    imported model; ties go to the smaller gzip size. Returns the reason record, with one entry
+    per placement ("gpu" says it was not measured rather than guessing)."""
     measured = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
     baselines = [r for r in measured if r["technique"] in ROOT_TECHNIQUES]
     if not baselines:
         raise CompressError("no trained baseline in the report: nothing to select against")
     baseline = max(baselines, key=lambda r: r["test_accuracy"])
     floor = baseline["test_accuracy"] - budget_points / 100.0
-    candidates = [r for r in measured if r.get("has_onnx") and r.get("latency_runtime") == "onnx"
-                  and r["test_accuracy"] >= floor - 1e-12]
+    candidates = [(r, rt, p50) for r in measured if r["test_accuracy"] >= floor - 1e-12
+                  for rt, p50 in _latencies(r).items()]
     if not candidates:
-        raise CompressError(f"no ONNX variant within {budget_points} point(s) of "
+        raise CompressError(f"no measured variant within {budget_points} point(s) of "
                             f"{baseline['variant']} ({baseline['test_accuracy']:.4f})")
-    chosen = min(candidates, key=lambda r: (r["latency_p50_ms"], r.get("onnx_gzip_bytes") or 0))
-    return {"variant": chosen["variant"], "baseline": baseline["variant"],
+    chosen, runtime, p50 = min(candidates, key=lambda c: (c[2], c[0].get(_GZIP_KEY[c[1]]) or 0))
+    base_p50 = min(_latencies(baseline).values(), default=None)
+    cpu = {"variant": chosen["variant"], "runtime": runtime, "latency_p50_ms": p50,
+           "accuracy": chosen["test_accuracy"],
+           "latency_p50_ms_by_runtime": _latencies(chosen)}
+    return {"variant": chosen["variant"], "runtime": runtime, "baseline": baseline["variant"],
             "baseline_accuracy": baseline["test_accuracy"],
             "accuracy": chosen["test_accuracy"], "budget_points": budget_points,
-            "latency_p50_ms": chosen["latency_p50_ms"],
-            "baseline_latency_p50_ms": baseline.get("latency_p50_ms"),
-            "speedup": (baseline["latency_p50_ms"] / chosen["latency_p50_ms"]
-                        if baseline.get("latency_p50_ms") and chosen["latency_p50_ms"] else None),
-            "rule": "fastest ONNX variant (CPU, batch 1, 1 thread) with accuracy >= best trained "
-                    "model - budget"}
+            "latency_p50_ms": p50, "baseline_latency_p50_ms": base_p50,
+            "speedup": base_p50 / p50 if base_p50 and p50 else None,
+            "placements": {"cpu": cpu, "gpu": {"measured": False, "why": GPU_NOT_MEASURED}},
+            "rule": "fastest variant and serving runtime (ONNX Runtime or LiteRT; CPU, batch 1, "
+                    "1 thread) with accuracy >= best trained model - budget"}
 
 
 def report_paths(root, task: str) -> tuple[Path, Path]:
@@ -362,12 +391,14 @@ def render_markdown(report: dict) -> str:
     sel = report.get("selection") or {}
     lines = [f"# compress report: {report['task']}", "",
              f"Data: {report['data_source']}. Latency: p50 of `core.measure.single_stream`, "
-             "CPU, batch 1, 1 thread (ONNX Runtime; LiteRT for TFLite-only variants). "
+             "CPU, batch 1, 1 thread, on the fastest of ONNX Runtime and LiteRT the variant "
+             "has a file for. "
              "Sizes in KiB; gzip -9. MACs per example.", ""]
     if sel:
         lines += [f"**Selected: `{sel['variant']}`** (accuracy {sel['accuracy']:.2%}, baseline "
                   f"`{sel['baseline']}` {sel['baseline_accuracy']:.2%}, budget "
-                  f"{sel['budget_points']} pt; p50 {sel['latency_p50_ms'] * 1000:.1f} us"
+                  f"{sel['budget_points']} pt; p50 {sel['latency_p50_ms'] * 1000:.1f} us on "
+                  f"{sel.get('runtime', 'onnx')}"
                   + (f", {sel['speedup']:.2f}x faster than the baseline" if sel.get("speedup") else "")
                   + ")", ""]
     header = ("| variant | technique | accuracy | Δ pts | ONNX KiB | ONNX gzip | TFLite KiB | "
@@ -435,7 +466,7 @@ def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -
             log(f"  {row['variant']}: " + (f"{before * 1000:.1f} -> " if before else "")
                 + f"{latency['latency_p50_ms'] * 1000:.1f} us")
             row.update({k: latency[k] for k in ("latency_p50_ms", "latency_spread_pct",
-                                                "latency_runtime")})
+                                                "latency_runtime", "latency_p50_ms_by_runtime")})
     return report
 
 
@@ -443,7 +474,8 @@ def finish_task(root, task: str, report: dict, budget_points: float, log=print) 
     """Select, record the selection for `serve`, save and print the report."""
     rows = [r for model_rows in report["models"].values() for r in model_rows]
     report["selection"] = select(rows, budget_points)
-    artifacts.select_variant(root, task, report["selection"]["variant"], reason=report["selection"])
+    artifacts.select_variant(root, task, report["selection"]["variant"], reason=report["selection"],
+                             runtime=report["selection"]["runtime"])
     json_path, md_path = save_report(root, task, report)
     log(render_markdown(report))
     log(f"report: {md_path} and {json_path}")

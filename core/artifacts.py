@@ -387,14 +387,31 @@ def find_variant(root: str | Path, task: str, variant: str, verify: bool = True)
     return load_variant(path, verify=verify)
 
 
-def select_variant(root: str | Path, task: str, variant: str, reason: dict | None = None) -> Path:
-    """Record which variant of a task `serve` should use."""
-    find_variant(root, task, variant, verify=False)
+def select_variant(root: str | Path, task: str, variant: str, reason: dict | None = None,
+                   runtime: str = "onnx") -> Path:
+    """Record which variant of a task `serve` should use, on which runtime (core.runners'
+    SERVING_RUNTIMES: "onnx" or "litert")."""
+    found = find_variant(root, task, variant, verify=False)
+    needed = {"onnx": "model.onnx", "litert": "model.tflite"}.get(runtime)
+    if needed is None or not found.has_file(needed):
+        raise ArtifactError(f"{task}/{variant} cannot be served on {runtime!r}: "
+                            f"{'unknown runtime' if needed is None else f'it has no {needed}'}")
     path = Path(root) / task / SELECTED
-    _write_json_atomic(path, {"task": task, "variant": variant, "reason": reason or {},
+    _write_json_atomic(path, {"task": task, "variant": variant, "runtime": runtime,
+                              "reason": reason or {},
                               "selected_at": _dt.datetime.now(_dt.timezone.utc)
                               .isoformat(timespec="seconds")})
     return path
+
+
+def selected_runtime(root: str | Path, task: str) -> str:
+    """The runtime the selection record names ("onnx" for records written before runtimes were
+    selected)."""
+    path = Path(root) / task / SELECTED
+    try:
+        return str(json.loads(path.read_text()).get("runtime", "onnx"))
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ArtifactError(f"{path}: unreadable selection record ({e})") from None
 
 
 def selected_variant(root: str | Path, task: str, verify: bool = True) -> Variant:

@@ -309,6 +309,9 @@ class KerasRunner(Runner):
 
 
 RUNTIMES = {"keras": KerasRunner, "litert": LiteRTRunner, "onnx": OnnxRunner}
+# The runtimes a deployment runs, without TensorFlow: what compress selects among for the CPU
+# placement, what serve opens, and whose speed the CI gate judges.
+SERVING_RUNTIMES = ("onnx", "litert")
 
 
 def runtimes_for(variant: Variant) -> list[str]:

@@ -265,7 +265,7 @@ class V2Request:
 
 
 def v2_model_metadata(model: ServedModel) -> dict:
-    return {"name": model.name, "versions": [PROTOCOL_VERSION], "platform": "onnxruntime_onnx",
+    return {"name": model.name, "versions": [PROTOCOL_VERSION], "platform": model.platform,
             "inputs": [model.input.as_dict()], "outputs": [model.output.as_dict()]}
 
 

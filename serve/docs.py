@@ -137,7 +137,9 @@ TFS_PREDICT_RESPONSES = _example({"predictions": [[0.01, 0.0, 0.02, 0.01, 0.0, 0
                                  "`predictions` for `instances`, `outputs` for `inputs`")
 MODELS_RESPONSES = _example({"models": [{
     "name": "fashion_mnist", "state": "ready", "variant": "fashion_cnn-qat-int8",
-    "model": "fashion_cnn", "provider": "CPUExecutionProvider", "labels": ["T-shirt/top", "..."],
+    "model": "fashion_cnn", "runtime": "onnx", "provider": "CPUExecutionProvider",
+    "placement": "cpu", "kind": "image", "input_shape": [28, 28, 1],
+    "labels": ["T-shirt/top", "..."],
     "test_accuracy": 0.91, "lineage": {"parent": "fashion_cnn", "technique": "qat",
                                        "params": {}}}]})
 SERVER_RESPONSES = _example({"name": "tinyship", "version": "0.1.0",

@@ -62,6 +62,7 @@ class ServerMetrics:
         self.inference = _LabelledHistograms(LATENCY_BUCKETS)      # (model,)
         self.batch_size = _LabelledHistograms(BATCH_BUCKETS)       # (model,)
         self.model_states: dict[str, str] = {}
+        self.model_info: dict[str, dict[str, str]] = {}  # model -> variant, runtime, ...
         self.queue_depth_source = None  # callable -> {model: depth}, set by the app
         self.in_flight = 0  # HTTP requests between the request middleware's entry and exit
         self.registry = CollectorRegistry()
@@ -85,6 +86,10 @@ class ServerMetrics:
     def set_model_state(self, model: str, state: str) -> None:
         self.model_states[model] = state
 
+    def set_model_info(self, model: str, **labels: str) -> None:
+        """What a loaded model runs: variant, runtime, provider, placement."""
+        self.model_info[model] = {k: str(v) for k, v in labels.items()}
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -101,7 +106,7 @@ class ServerMetrics:
         yield _histogram("tinyship_queue_duration_seconds",
                          "Time a request waited in its model's batch queue", ["model"],
                          self.queue_time)
-        yield _histogram("tinyship_inference_duration_seconds", "ONNX Runtime time per batch",
+        yield _histogram("tinyship_inference_duration_seconds", "Runtime time per batch",
                          ["model"], self.inference)
         yield _histogram("tinyship_batch_size", "Rows per inference batch", ["model"],
                          self.batch_size)
@@ -120,6 +125,13 @@ class ServerMetrics:
             for state in MODEL_STATES:
                 states.add_metric([model, state], 1 if state == current else 0)
         yield states
+        info = GaugeMetricFamily("tinyship_model_info", "1 per loaded model, labelled with the "
+                                 "variant, runtime, provider and placement it runs on",
+                                 labels=["model", "variant", "runtime", "provider", "placement"])
+        for model, labels in sorted(self.model_info.items()):
+            info.add_metric([model, labels.get("variant", ""), labels.get("runtime", ""),
+                             labels.get("provider", ""), labels.get("placement", "")], 1)
+        yield info
 
 
 def _histogram(name: str, documentation: str, labels: list[str], series: dict):

@@ -1,16 +1,20 @@
 """One served model: a task's selected variant, loaded through the artifact contract.
 
-`ServedModel.load()` reads the selected variant (checksums verified), rebuilds its
-preprocessing and labels from the manifest, opens one ONNX Runtime session on the best
-usable provider and warms it up. Only then is the model `ready`. A model that fails to load
-keeps its error message, which its endpoints and the startup log report; the other models
-are not affected. No TensorFlow, no HTTP.
+`ServedModel.load()` reads the selected variant (checksums verified) and the runtime the
+selection chose for it (`core.artifacts.selected_runtime`: ONNX Runtime or LiteRT, a row of
+BACKENDS), rebuilds its preprocessing and labels from the manifest, opens the model (ONNX
+Runtime on the best usable provider; LiteRT on the CPU) and warms it up. Only then is the
+model `ready`; it reports the runtime, provider and placement it really got. A model that
+fails to load keeps its error message, which its endpoints and the startup log report; the
+other models are not affected. No TensorFlow, no HTTP.
 """
 from __future__ import annotations
 
 import enum
 import functools
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
-from core.artifacts import ArtifactError, Variant, selected_variant
+from core.artifacts import ArtifactError, Variant, selected_runtime, selected_variant
 from core.manifest import OutputSpec
-from core.runtime import variant_session
+from core.runtime import provider_name, variant_session
 
 log = logging.getLogger("serve.model")
 
@@ -64,6 +68,70 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+class OnnxBackend:
+    """A variant's model.onnx on ONNX Runtime, on the first usable provider asked for."""
+
+    runtime, platform, model_file = "onnx", "onnxruntime_onnx", "model.onnx"
+
+    def __init__(self, variant: Variant, providers, threads: int):
+        self._session = session = variant_session(variant, providers=providers, threads=threads)
+        inputs = [i.name for i in session.get_inputs()]
+        if variant.input.name not in inputs:
+            raise ArtifactError(
+                f"{variant.path}: manifest input {variant.input.name!r} is not an input of "
+                f"model.onnx (inputs: {', '.join(inputs)})")
+        self.output_name = session.get_outputs()[0].name
+        # What the session really runs on, not what was asked for.
+        self.provider = session.get_providers()[0]
+        self.errors = ort_errors()
+        asked = [provider_name(p) for p in providers]
+        if asked and asked[0] != self.provider:
+            _warn_fallback(asked[0], self.provider)
+
+    def predict(self, input_name: str, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {input_name: x})[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(asked: str, got: str) -> None:
+    """One line per process, not one per model, when the first provider asked for is not
+    available here."""
+    log.warning("%s was asked for but is not available on this host: ONNX models run on %s "
+                "(--providers cpu silences this)", asked, got)
+
+
+
+class LiteRTBackend:
+    """A variant's model.tflite on LiteRT (ai-edge-litert, no TensorFlow), on the CPU. One
+    interpreter, guarded by a lock: it holds one input shape and is not thread-safe."""
+
+    runtime, platform, model_file = "litert", "litert_tflite", "model.tflite"
+    provider = "LiteRT CPU (XNNPACK)"
+
+    def __init__(self, variant: Variant, providers, threads: int):
+        from core.runners import LiteRTModel
+
+        asked = [provider_name(p) for p in providers]
+        if asked and asked[0] != "CPUExecutionProvider":
+            log.warning("model %s: the selected variant %s runs on LiteRT, which runs on the "
+                        "CPU here; providers %s apply to ONNX models", variant.task,
+                        variant.name, ", ".join(providers))
+        self._model = LiteRTModel(variant.file(self.model_file),
+                                  threads=threads if threads > 0 else (os.cpu_count() or 1))
+        self._lock = threading.Lock()
+        self.output_name = variant.output.name
+        self.errors = (RuntimeError,)
+
+    def predict(self, input_name: str, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._model.predict(x)
+
+
+# runtime named by the selection record -> how serve runs it (core.runners.SERVING_RUNTIMES)
+BACKENDS = {b.runtime: b for b in (OnnxBackend, LiteRTBackend)}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
 class ServedModel:
     """Load/ready/predict for one task, in the KServe model-class shape."""
 
@@ -83,8 +151,9 @@ class ServedModel:
         self.output: TensorSpec | None = None
         self.output_spec: OutputSpec | None = None
         self.provider = None
+        self.runtime: str | None = None
         self.load_seconds = None
-        self._session = None
+        self._backend = None
         self._input_range: tuple[float, float] | None = None
 
     @property
@@ -108,36 +177,46 @@ class ServedModel:
             return self
         self.load_seconds = time.perf_counter() - start
         self.state = ModelState.READY
-        log.info("model %s ready: variant %s on %s in %.2fs", self.name, self.variant.name,
-                 self.provider, self.load_seconds)
+        log.info("model %s ready: variant %s on %s (%s, %s placement) in %.2fs", self.name,
+                 self.variant.name, self.runtime, self.provider, self.placement,
+                 self.load_seconds)
         return self
+
+    @property
+    def placement(self) -> str | None:
+        """"gpu" or "cpu": where the model really runs (from the provider it got)."""
+        if self.provider is None:
+            return None
+        return "gpu" if self.provider in GPU_PROVIDERS else "cpu"
+
+    @property
+    def platform(self) -> str:
+        return self._backend.platform if self._backend else "unknown"
 
     def _load(self) -> None:
         variant = selected_variant(self.artifacts, self.name, verify=True)
+        runtime = selected_runtime(self.artifacts, self.name)
+        if runtime not in BACKENDS:
+            raise ArtifactError(f"{self.artifacts / self.name}/selected.json: runtime "
+                                f"{runtime!r}; serve runs {', '.join(BACKENDS)}")
         preprocess = variant.preprocessor()
-        session = variant_session(variant, providers=self.providers, threads=self.threads)
-        onnx_inputs = {i.name: i for i in session.get_inputs()}
+        backend = BACKENDS[runtime](variant, self.providers, self.threads)
         spec, output = variant.input, variant.output
-        input_name = spec.name
-        if input_name not in onnx_inputs:
-            raise ArtifactError(
-                f"{variant.path}: manifest input {input_name!r} is not an input of model.onnx "
-                f"(inputs: {', '.join(onnx_inputs)})")
         shape = tuple(-1 if d is None else d for d in spec.shape)
-        out = session.get_outputs()[0]
-        self.variant, self.preprocess, self._session = variant, preprocess, session
+        self.variant, self.preprocess, self._backend = variant, preprocess, backend
+        self.runtime = runtime
         self.labels = variant.labels
-        self.input = TensorSpec(input_name, spec.numpy_dtype, shape)
-        self.output = TensorSpec(out.name, np.dtype(np.float32), (-1, output.width))
+        self.input = TensorSpec(spec.name, spec.numpy_dtype, shape)
+        self.output = TensorSpec(backend.output_name, np.dtype(np.float32), (-1, output.width))
         self.output_spec = output
-        self.provider = session.get_providers()[0]
+        self.provider = backend.provider
         self._input_range = self._valid_input_range()
         for n in self.warmup_batch_sizes:
             example = np.zeros((n, *shape[1:]), dtype=spec.numpy_dtype)
             for _ in range(WARMUP_ROUNDS):
                 raw = self.predict(example)
             if raw.shape != (n, output.width):
-                raise ArtifactError(f"{variant.path}: model.onnx gives outputs of shape "
+                raise ArtifactError(f"{variant.path}: {backend.model_file} gives outputs of shape "
                                     f"{raw.shape} for {n} inputs; expected {(n, output.width)}")
 
     def _valid_input_range(self) -> tuple[float, float]:
@@ -156,7 +235,8 @@ class ServedModel:
             out["error"] = self.error
         if self.variant is not None:
             out.update(variant=self.variant.name, model=self.variant.model,
-                       provider=self.provider, kind=self.kind,
+                       runtime=self.runtime, provider=self.provider, placement=self.placement,
+                       kind=self.kind,
                        input_shape=list(self.variant.input.example_shape), labels=self.labels,
                        test_accuracy=self.variant.metrics.get("test_accuracy"),
                        lineage=self.variant.lineage.to_dict())
@@ -173,8 +253,8 @@ class ServedModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Raw model outputs for a batch of model inputs (already preprocessed and checked)."""
         try:
-            return self._session.run(None, {self.input.name: x})[0]
-        except (ValueError, *ort_errors()) as e:
+            return self._backend.predict(self.input.name, x)
+        except (ValueError, *self._backend.errors) as e:
             raise InferenceFailed(f"model {self.name!r} failed on a batch of {len(x)}: {e}") from e
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:

@@ -58,6 +58,10 @@ class ModelRepository:
         for name, model in self.models.items():
             await asyncio.to_thread(model.load)
             self.metrics.set_model_state(name, model.state.value)
+            if model.ready:
+                self.metrics.set_model_info(name, variant=model.variant.name,
+                                            runtime=model.runtime, provider=model.provider,
+                                            placement=model.placement)
             if model.ready and self.settings.batching:
                 batcher = DynamicBatcher(
                     name, model.predict, max_batch_size=self.settings.max_batch_size,

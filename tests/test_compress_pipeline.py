@@ -187,12 +187,19 @@ def test_failed_step_leaves_no_partial_artifact(root, rows):
 @pytest.mark.slow
 def test_selection_is_recorded_for_serve(root, rows):
     chosen = artifacts.selected_variant(root, TASK)
+    runtime = artifacts.selected_runtime(root, TASK)
     record = json.loads((root / TASK / "selected.json").read_text())["reason"]
-    assert chosen.has_file("model.onnx")
+    assert chosen.has_file({"onnx": "model.onnx", "litert": "model.tflite"}[runtime])
     assert rows[chosen.name]["test_accuracy"] >= record["baseline_accuracy"] - 0.01 - 1e-12
-    ok = [r for r in rows.values() if r.get("status") == "ok" and r.get("has_onnx")
+    ok = [r for r in rows.values() if r.get("status") == "ok"
           and r["test_accuracy"] >= record["baseline_accuracy"] - 0.01 - 1e-12]
-    assert record["latency_p50_ms"] == min(r["latency_p50_ms"] for r in ok)
+    # Every serving runtime of every variant was measured; the fastest pair is served.
+    assert all(set(r["latency_p50_ms_by_runtime"]) == {rt for rt, f in (("onnx", "model.onnx"),
+               ("litert", "model.tflite")) if artifacts.find_variant(root, TASK, r["variant"])
+               .has_file(f)} for r in ok)
+    assert record["latency_p50_ms"] == min(min(r["latency_p50_ms_by_runtime"].values())
+                                           for r in ok)
+    assert record["placements"]["cpu"]["runtime"] == runtime == record["runtime"]
     assert (root / TASK / "compress_report.md").read_text().count("| tiny_cnn") >= 8
 
 

@@ -171,19 +171,33 @@ def test_layer_tfmot_cannot_prune_is_named_with_the_fix():
         magnitude.prunable_layers(model, magnitude.PruneSettings())
 
 
-def _row(name, technique, acc, ms, onnx=True):
-    return {"variant": name, "technique": technique, "test_accuracy": acc, "latency_p50_ms": ms,
-            "latency_runtime": "onnx" if onnx else "litert", "has_onnx": onnx, "status": "ok"}
+def _row(name, technique, acc, **p50):
+    """A report row measured on the runtimes given (runtime=p50 ms)."""
+    fastest = min(p50, key=p50.get)
+    return {"variant": name, "technique": technique, "test_accuracy": acc,
+            "latency_p50_ms": p50[fastest], "latency_runtime": fastest,
+            "latency_p50_ms_by_runtime": p50, "status": "ok"}
 
 
-def test_selection_obeys_the_accuracy_budget():
-    rows = [_row("base", "train", 0.900, 0.080), _row("int8", "onnx_static", 0.895, 0.040),
-            _row("tiny", "channels", 0.880, 0.010), _row("tfl", "tflite", 0.9, 0.005, onnx=False),
+def test_selection_picks_variant_and_runtime_under_the_accuracy_budget():
+    rows = [_row("base", "train", 0.900, onnx=0.080, litert=0.060),
+            _row("int8", "onnx_static", 0.895, onnx=0.040),
+            _row("tiny", "channels", 0.880, onnx=0.010, litert=0.008),
+            _row("tfl", "tflite", 0.889, litert=0.030),
+            # a row from before every runtime was measured: its one runtime counts
+            {"variant": "old", "technique": "prune", "test_accuracy": 0.85, "status": "ok",
+             "latency_p50_ms": 0.001, "latency_runtime": "onnx"},
             {"variant": "broken", "technique": "qat", "status": "failed: parity"}]
     chosen = select(rows, budget_points=1.0)
-    assert chosen["variant"] == "int8" and chosen["speedup"] == pytest.approx(2.0)
-    assert select(rows, budget_points=2.5)["variant"] == "tiny"
-    assert select(rows, budget_points=0.0)["variant"] == "base"
+    assert (chosen["variant"], chosen["runtime"]) == ("int8", "onnx")
+    assert chosen["speedup"] == pytest.approx(0.060 / 0.040)  # vs the base's fastest runtime
+    assert chosen["placements"]["cpu"]["latency_p50_ms_by_runtime"] == {"onnx": 0.040}
+    assert chosen["placements"]["gpu"]["measured"] is False
+    assert "not measured" in chosen["placements"]["gpu"]["why"]
+    assert (select(rows, 1.2)["variant"], select(rows, 1.2)["runtime"]) == ("tfl", "litert")
+    assert (select(rows, 2.5)["variant"], select(rows, 2.5)["runtime"]) == ("tiny", "litert")
+    assert (select(rows, 0.0)["variant"], select(rows, 0.0)["runtime"]) == ("base", "litert")
+    assert select(rows, 5.0)["variant"] == "old"
 
 
 def test_batch_norm_after_a_conv_is_quantized_by_folding():
@@ -211,6 +225,9 @@ def test_select_variant_pins_a_variant_for_serve(tmp_path, capsys):
     assert main(["select", "--task", "sign_mnist", "--artifacts", str(tmp_path),
                  "--variant", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["select", "--task", "sign_mnist", "--artifacts", str(tmp_path),
+                 "--variant", "fixture_cnn", "--runtime", "litert"]) == 2
+    assert "cannot be served on 'litert': it has no model.tflite" in capsys.readouterr().err
 
 
 def test_report_rows_of_a_rerun_replace_the_earlier_outcome_of_the_same_step(tmp_path):

@@ -1,0 +1,77 @@
+"""serve runs the runtime the selection chose (ONNX Runtime or LiteRT) and says so; the answers
+do not depend on it."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core import data
+from core.artifacts import select_variant
+from serve.app import create_app
+from serve.settings import Settings
+
+TASK, VARIANT = "fashion_mnist", "fashion_mnist_tiny"
+
+
+def _ready(client, task):
+    for _ in range(600):
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        if models[task]["state"] != "loading":
+            return models[task]
+        time.sleep(0.05)
+    raise TimeoutError(task)
+
+
+def test_same_answers_on_an_onnx_and_a_litert_placement(tiny_artifacts, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / TASK, root / TASK)
+    pixels = data.load(TASK, "test").x[:1000]
+    top1, probs = {}, {}
+    for runtime in ("onnx", "litert"):
+        select_variant(root, TASK, VARIANT, reason={"why": "test"}, runtime=runtime)
+        app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
+        with TestClient(app) as client:
+            model = _ready(client, TASK)
+            assert (model["runtime"], model["placement"]) == (runtime, "cpu")
+            assert model["provider"] == {"onnx": "CPUExecutionProvider",
+                                         "litert": "LiteRT CPU (XNNPACK)"}[runtime]
+            meta = client.get(f"/v2/models/{TASK}").json()
+            assert meta["platform"] == {"onnx": "onnxruntime_onnx", "litert": "litert_tflite"}[runtime]
+            metrics = client.get("/metrics").text
+            assert (f'tinyship_model_info{{model="{TASK}",placement="cpu",provider="'
+                    f'{model["provider"]}",runtime="{runtime}",variant="{VARIANT}"}} 1.0') in metrics
+            answers = []
+            for i in range(0, len(pixels), 100):
+                r = client.post(f"/v1/classify/{TASK}?k=10", json={"pixels": pixels[i:i + 100].tolist()})
+                assert r.status_code == 200, r.text
+                answers += r.json()["results"]
+        top1[runtime] = [a["top_k"][0]["class_id"] for a in answers]
+        probs[runtime] = np.array([[t["probability"] for t in sorted(a["top_k"], key=lambda t: t["class_id"])]
+                                   for a in answers])
+    assert len(top1["onnx"]) == 1000 and top1["onnx"] == top1["litert"]
+    np.testing.assert_allclose(probs["onnx"], probs["litert"], atol=1e-5)
+
+
+def test_a_cuda_request_without_cuda_is_one_warning_line(tiny_artifacts, tmp_path, caplog):
+    from core.runtime import usable_providers
+
+    if "CUDAExecutionProvider" in usable_providers():
+        pytest.skip("this host has CUDA")
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / TASK, root / TASK)
+    shutil.copytree(tiny_artifacts / "sign_mnist", root / "sign_mnist")
+    select_variant(root, TASK, VARIANT)
+    select_variant(root, "sign_mnist", "sign_mnist_tiny")
+    from serve import model as served
+
+    served._warn_fallback.cache_clear()
+    with caplog.at_level("WARNING", logger="serve.model"):
+        with TestClient(create_app(Settings(artifacts=root, providers=("cuda", "cpu")))) as client:
+            assert _ready(client, TASK)["placement"] == "cpu"
+            _ready(client, "sign_mnist")
+    warnings = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]
+    assert len(warnings) == 1 and "CUDAExecutionProvider" in warnings[0], warnings
