@@ -320,3 +320,12 @@ def test_check_does_not_judge_speed_measured_on_a_busy_machine():
     assert any("speed not judged, its reference row p50 varied 60%" in n for n in result.not_judged)
     assert result.failures == ["fashion_mnist/mlp-int8/onnx: accuracy 70.00% is 14.00 pts below "
                                "the baseline's 84.00% (budget 5.0 pts)"]
+
+
+def test_fastest_lines_respect_the_accuracy_budget():
+    bench = copy.deepcopy(FIXED_BENCH)
+    bench["results"].append({**bench["results"][2], "variant": "mlp-tiny", "accuracy": 0.50,
+                             "latency": {**bench["results"][2]["latency"], "p50_ms": 0.001}})
+    md = render_markdown(bench)
+    assert "Within 1 accuracy point of the best trained or imported model:" in md
+    assert "fastest at batch 1 (p50): **mlp-int8** on onnx" in md  # not the 50% mlp-tiny
