@@ -28,7 +28,8 @@ def main(out: str) -> int:
     from core.userdata import DataSource, read_split
 
     pixels, labels, _ = read_split(DataSource.detect(folder, image=(16, 16, 1)), "train")
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()  # the same model on every run
     model = keras.Sequential([keras.Input((16, 16, 1)),
                               keras.layers.Conv2D(16, 3, activation="relu"),
                               keras.layers.MaxPool2D(), keras.layers.Flatten(),
