@@ -125,6 +125,24 @@ def best_rows(rows: list[dict], batches: list[str],
     return best
 
 
+def served_lines(served: dict | None, rows: list[dict], fastest: dict | None) -> list[str]:
+    """What serve runs for the task (selected.json) and how its batch-1 p50 in this run compares
+    with the fastest row within the budget."""
+    if not served:
+        return ["- served: nothing selected for this task (python -m compress select)"]
+    row = next((r for r in rows if (r["variant"], r["runtime"]) == (served["variant"],
+                                                                   served["runtime"])
+                and not r.get("error") and r.get("latency")), None)
+    line = f"- served (selected.json): **{served['variant']}** on {served['runtime']}"
+    if row is None:
+        return [line + ", not measured in this run"]
+    line += f", p50 {_ms(row['latency']['p50_ms'])} ms"
+    if fastest is not None:
+        line += (f"; {row['latency']['p50_ms'] / fastest['latency']['p50_ms']:.2f}x the "
+                 f"fastest row within the budget")
+    return [line]
+
+
 def manifest_mismatches(rows: list[dict], tolerance_pts: float = 0.1) -> list[str]:
     """Rows whose measured accuracy differs from the manifest's by more than the tolerance,
     when both were measured on the same data source (else the comparison means nothing)."""
@@ -168,6 +186,7 @@ def render_markdown(bench: dict) -> str:
             lines += ["", f"Within {FASTEST_BUDGET_POINTS:g} accuracy point of the best trained "
                       "or imported model:"] + [f"- fastest at {k}: **{r['variant']}** on "
                                                f"{r['runtime']}" for k, r in best.items()]
+        lines += served_lines(info.get("served"), rows, best.get("batch 1 (p50)"))
         front = _front_rows(rows)
         if front:
             lines.append("- accuracy/latency Pareto front: "

@@ -112,6 +112,17 @@ class TaskTestData:
         return self._inputs[key]
 
 
+def _served(artifacts, task: str) -> dict | None:
+    """What serve runs for the task (compress's selection), or None when nothing is selected."""
+    from core.artifacts import selected_runtime, selected_variant
+
+    try:
+        return {"variant": selected_variant(artifacts, task, verify=False).name,
+                "runtime": selected_runtime(artifacts, task)}
+    except ArtifactError:
+        return None
+
+
 def lineage_root(variant: Variant, by_name: dict[str, Variant]) -> Variant:
     """The first variant of the model this one descends from (parent None), following
     lineage parents within the task; stops at a parent that is not on disk."""
@@ -153,7 +164,8 @@ def run_suite(artifacts: str, settings: Settings = Settings(),
     for task in sorted({v.task for v in variants}):
         ds = datasets.load(get_task(task).dataset, "test", data_dir=settings.data_dir)
         task_data[task] = TaskTestData(ds)
-        tasks_info[task] = {"data_source": ds.source, "n_test": len(ds)}
+        tasks_info[task] = {"data_source": ds.source, "n_test": len(ds),
+                            "served": _served(artifacts, task)}
         progress(f"{task}: {len(ds)} test examples from {ds.source}")
 
     stats_cache: dict[str, dict] = {}

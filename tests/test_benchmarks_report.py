@@ -329,3 +329,13 @@ def test_fastest_lines_respect_the_accuracy_budget():
     md = render_markdown(bench)
     assert "Within 1 accuracy point of the best trained or imported model:" in md
     assert "fastest at batch 1 (p50): **mlp-int8** on onnx" in md  # not the 50% mlp-tiny
+
+
+def test_report_names_what_is_served_and_how_it_compares():
+    bench = copy.deepcopy(FIXED_BENCH)
+    bench["tasks"]["fashion_mnist"]["served"] = {"variant": "mlp", "runtime": "onnx"}
+    md = render_markdown(bench)
+    assert ("- served (selected.json): **mlp** on onnx, p50 0.0100 ms; 2.00x the fastest row "
+            "within the budget") in md
+    bench["tasks"]["fashion_mnist"]["served"] = None
+    assert "served: nothing selected" in render_markdown(bench)
