@@ -222,60 +222,67 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _is_served(row: dict, served: dict | None) -> bool:
+    return bool(served) and (row["variant"], row["runtime"]) == (served["variant"],
+                                                                  served["runtime"])
+
+
+def _front_plot(ax, rows: list[dict], x, xlabel: str, title: str, served: dict | None) -> None:
+    """Accuracy against `x(row)` (log axis), one marker per runtime, the Pareto front (less x,
+    more accuracy) numbered and named in a box, and the served row starred."""
+    markers = {"keras": "o", "litert": "s", "onnx": "^"}
+    for runtime in sorted({r["runtime"] for r in rows}):
+        sel = [r for r in rows if r["runtime"] == runtime]
+        ax.scatter([x(r) for r in sel], [100 * r["accuracy"] for r in sel],
+                   marker=markers.get(runtime, "x"), label=runtime, s=45)
+    front = [rows[i] for i in pareto_front([(x(r), r["accuracy"]) for r in rows])]
+    ax.plot([x(r) for r in front], [100 * r["accuracy"] for r in front],
+            "k--", lw=1, marker="o", ms=13, mfc="none", label="Pareto front")
+    # Front points often sit close together: number them and name them in a box.
+    for k, r in enumerate(front, 1):
+        ax.annotate(str(k), (x(r), 100 * r["accuracy"]), fontsize=8,
+                    xytext=(0, 9), textcoords="offset points", ha="center")
+    ax.text(0.01, 0.02, "Pareto front:\n" + "\n".join(
+                f"{k}: {r['variant']} ({r['runtime']})" for k, r in enumerate(front, 1)),
+            transform=ax.transAxes, fontsize=7, va="bottom",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
+    for r in rows:
+        if _is_served(r, served):
+            ax.scatter([x(r)], [100 * r["accuracy"]], marker="*", s=260, c="gold",
+                       edgecolors="k", zorder=5, label=f"served: {r['variant']} ({r['runtime']})")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def write_plots(bench: dict, out_dir: Path) -> list[Path]:
-    """Per task: accuracy vs batch-1 p50 latency (log x, Pareto front marked) and model size
-    per variant (raw and gzip, of the ONNX file when there is one)."""
+    """Per task: accuracy vs batch-1 p50 latency (µs) and accuracy vs gzip-compressed model
+    size, each with its Pareto front and the served variant starred."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"keras": "o", "litert": "s", "onnx": "^"}
     written = []
-    for task in bench["tasks"]:
+    for task, info in bench["tasks"].items():
         rows = [r for r in task_rows(bench, task) if not r.get("error") and r.get("latency")]
         if not rows:
             continue
+        served = info.get("served")
         fig, ax = plt.subplots(figsize=(8, 5))
-        for runtime in sorted({r["runtime"] for r in rows}):
-            sel = [r for r in rows if r["runtime"] == runtime]
-            ax.scatter([r["latency"]["p50_ms"] for r in sel], [100 * r["accuracy"] for r in sel],
-                       marker=markers.get(runtime, "x"), label=runtime, s=45)
-        front = _front_rows(rows)
-        ax.plot([r["latency"]["p50_ms"] for r in front], [100 * r["accuracy"] for r in front],
-                "k--", lw=1, marker="o", ms=13, mfc="none", label="Pareto front")
-        # Front points often sit close together: number them and name them in a box.
-        for k, r in enumerate(front, 1):
-            ax.annotate(str(k), (r["latency"]["p50_ms"], 100 * r["accuracy"]), fontsize=8,
-                        xytext=(0, 9), textcoords="offset points", ha="center")
-        ax.text(0.01, 0.02, "Pareto front:\n" + "\n".join(
-                    f"{k}: {r['variant']} ({r['runtime']})" for k, r in enumerate(front, 1)),
-                transform=ax.transAxes, fontsize=7, va="bottom",
-                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
-        ax.set_xscale("log")
-        ax.set_xlabel("batch-1 p50 latency, ms (log)")
-        ax.set_ylabel("test accuracy, %")
-        ax.set_title(f"{task}: accuracy vs latency ({bench['settings']['threads']} thread(s))")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _front_plot(ax, rows, lambda r: 1000 * r["latency"]["p50_ms"],
+                    "batch-1 p50 latency, µs (log)",
+                    f"{task}: accuracy vs latency ({bench['settings']['threads']} thread(s))",
+                    served)
         written.append(_save(fig, out_dir / f"{task}_accuracy_latency.png"))
-
-        sizes = {}
-        for r in task_rows(bench, task):  # one bar per variant: its ONNX file, else any file
-            if r["variant"] not in sizes or r["runtime"] == "onnx":
-                sizes[r["variant"]] = (r["size"]["bytes"], r["size"]["gzip_bytes"], r["size"]["file"])
-        names = list(sizes)
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.5))
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [sizes[n][0] / 1024 for n in names], 0.4, label="raw")
-        ax.bar([x + 0.2 for x in xs], [sizes[n][1] / 1024 for n in names], 0.4, label="gzip")
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([f"{n}\n({sizes[n][2]})" for n in names], rotation=30, ha="right",
-                           fontsize=7)
-        ax.set_ylabel("KiB")
-        ax.set_title(f"{task}: model size per variant")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out_dir / f"{task}_size.png"))
+        fig, ax = plt.subplots(figsize=(8, 5))
+        _front_plot(ax, rows, lambda r: r["size"]["gzip_bytes"] / 1024,
+                    "model file size after gzip -9, KiB (log)",
+                    f"{task}: accuracy vs size (the file each runtime loads)", served)
+        written.append(_save(fig, out_dir / f"{task}_accuracy_size.png"))
     return written
 
 
@@ -339,14 +346,18 @@ def render_html(bench: dict, reports: Path, plots: list[Path], curves: dict[str,
         rows = task_rows(bench, task)
         parts.append(f"<h2>{html.escape(task)}</h2><p class='note'>Accuracy on {info['n_test']} "
                      f"test examples from {html.escape(info['data_source'])}.</p>")
-        parts.append(_html_table(_header(batches), [_table_cells(r, batches) for r in rows]))
-        for k, r in best_rows(rows, batches).items():
-            parts.append(f"<p class='note'>fastest at {html.escape(k)}: "
-                         f"<b>{html.escape(r['variant'])}</b> on {html.escape(r['runtime'])}</p>")
         for p in plots:
             if p.name.startswith(f"{task}_"):
                 parts.append(f"<img src='{html.escape(p.relative_to(reports).as_posix())}' "
                              f"alt='{html.escape(p.stem)}'>")
+        best = best_rows(rows, batches)
+        for line in served_lines(info.get("served"), rows, best.get("batch 1 (p50)")):
+            parts.append(f"<p class='note'>{html.escape(line.lstrip('- ').replace('**', ''))}</p>")
+        for k, r in best.items():
+            parts.append(f"<p class='note'>fastest at {html.escape(k)} within "
+                         f"{FASTEST_BUDGET_POINTS:g} accuracy point of the best trained model: "
+                         f"<b>{html.escape(r['variant'])}</b> on {html.escape(r['runtime'])}</p>")
+        parts.append(_html_table(_header(batches), [_table_cells(r, batches) for r in rows]))
         task_curves = {v: p for v, p in curves.items() if v.startswith(f"{task}/")}
         if task_curves:
             parts.append("<h3>Training curves</h3><div class='curves'>")

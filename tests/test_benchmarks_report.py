@@ -65,7 +65,7 @@ def test_all_report_files_render_from_a_fixed_record(tmp_path):
     paths = render_all(copy.deepcopy(FIXED_BENCH), tmp_path)
     assert paths["markdown"].read_text() == render_markdown(FIXED_BENCH)
     assert sorted(p.name for p in paths["plots"]) == ["fashion_mnist_accuracy_latency.png",
-                                                      "fashion_mnist_size.png"]
+                                                      "fashion_mnist_accuracy_size.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths["plots"])
     page = paths["html"].read_text()
     assert "<td>mlp-int8</td>" in page and "fashion_mnist_accuracy_latency.png" in page
