@@ -23,7 +23,7 @@ export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all train compress bench serve test test-fast ci clean distclean
+.PHONY: help setup all train compress bench bench-gpu serve test test-fast ci clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ compress: setup ## derive pruned/quantized/factorized variants and select one pe
 
 bench: setup ## measure every variant; writes reports/bench.{json,md}, plots, index.html
 	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS) $(BENCH_FLAGS)
+
+# The GPU host has no package registry and no TensorFlow: bench-gpu does not install, it runs
+# whichever python has onnxruntime-gpu there (../shared/gpu/README.md: source .gpu/env.sh).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+bench-gpu: ## on a GPU host: TensorRT/CUDA/CPU x batch 1-1024 record into benchmarks/results/
+	$(GPU_PYTHON) -m benchmarks gpu --artifacts $(ARTIFACTS) --reports $(REPORTS) --record-dir benchmarks/results
 
 serve: setup ## serve the selected variants over HTTP (PORT=8000)
 	$(PY) -m serve --artifacts $(ARTIFACTS) --port $(PORT)

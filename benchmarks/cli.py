@@ -68,11 +68,45 @@ def cmd_latency(args) -> int:
 
     settings = LatencySettings(providers=args.providers, batch_sizes=args.batch_sizes,
                                threads=args.threads, budget_s=args.budget_s, rounds=args.rounds,
-                               cuda_graph=args.cuda_graph, tasks=args.tasks)
+                               cuda_graph=args.cuda_graph, tasks=args.tasks,
+                               variants=args.variants, trt_fp16=args.trt_fp16,
+                               trt_cache=args.trt_cache)
     record = run_latency(args.artifacts, args.data, settings)
     path = write_latency(record, args.reports)
     print(render_latency_markdown(record))
     print(f"record: {path}")
+    return 0
+
+
+def cmd_gpu(args) -> int:
+    """`make bench-gpu`: the GPU record (see benchmarks.latency.gpu_settings), written to the
+    reports and, with --record-dir, as a dated JSON to commit (benchmarks/results/)."""
+    import datetime as _dt
+    import json
+
+    from benchmarks.latency import gpu_settings, render_latency_markdown, run_latency, write_latency
+    from core.runtime import usable_providers
+
+    settings = gpu_settings(usable_providers(), tasks=args.tasks, threads=args.threads,
+                            trt_cache=args.trt_cache)
+    record = run_latency(args.artifacts, args.data, settings)
+    path = write_latency(record, args.reports)
+    print(render_latency_markdown(record))
+    print(f"record: {path}")
+    if args.record_dir:
+        gpu = (record["environment"].get("gpus") or [{"name": "gpu"}])[0]["name"]
+        name = (f"gpu-{_dt.date.today().isoformat()}-"
+                f"{''.join(c if c.isalnum() else '-' for c in gpu.lower()).strip('-')}.json")
+        out = Path(args.record_dir) / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"committable record: {out}")
+    bad = [f"{r['task']}/{r['variant']} on {r['provider']}: {r['accuracy_vs_cpu_pts']:+.2f} pts"
+           for r in record["results"] if r.get("accuracy_ok") is False]
+    if bad:
+        print("accuracy on the GPU differs from the CPU's by more than the tolerance: "
+              + "; ".join(bad), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -176,7 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--cuda-graph", action="store_true",
                      help="also time CUDA-graph replay (cuda provider, bound buffers)")
     lat.add_argument("--tasks", type=_csv(str), default=None)
+    lat.add_argument("--variants", choices=["all", "float-and-selected"], default="all",
+                     help="every variant with model.onnx, or each task's float and selected ones")
+    lat.add_argument("--trt-fp16", dest="trt_fp16", action=argparse.BooleanOptionalAction,
+                     default=True, help="TensorRT provider: fp16 kernels (default on)")
+    lat.add_argument("--trt-cache", dest="trt_cache", default=None,
+                     help="TensorRT provider: engine and timing cache folder (default: none)")
     lat.set_defaults(func=cmd_latency)
+
+    gpu = sub.add_parser("gpu", help="the GPU record (make bench-gpu): TensorRT fp16, CUDA "
+                                     "(+ CUDA graphs) and CPU, batch 1-1024, float and selected "
+                                     "variants, accuracy on the GPU checked against the CPU")
+    gpu.add_argument("--artifacts", default=str(default_root()),
+                     help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
+    gpu.add_argument("--reports", default="reports")
+    gpu.add_argument("--data", default=None, help="like `latency --data`")
+    gpu.add_argument("--tasks", type=_csv(str), default=None)
+    gpu.add_argument("--threads", type=int, default=1, help="CPU provider intra-op threads")
+    gpu.add_argument("--trt-cache", dest="trt_cache", default="trt-cache",
+                     help="TensorRT engine cache folder (default: trt-cache)")
+    gpu.add_argument("--record-dir", dest="record_dir", default=None,
+                     help="also write the record as a dated JSON here (benchmarks/results)")
+    gpu.set_defaults(func=cmd_gpu)
 
     load = sub.add_parser("load", help="HTTP load test of a running server")
     load.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")

@@ -53,6 +53,30 @@ class LatencySettings:
     rounds: int = 3
     cuda_graph: bool = False
     tasks: tuple[str, ...] | None = None
+    # "all" variants with model.onnx, or "float-and-selected": each task's roots (trained or
+    # imported, float) and the variant compress selected.
+    variants: str = "all"
+    # TensorRT execution provider: fp16 kernels, and engines cached on disk so that a second
+    # run does not rebuild them (minutes for a MobileNet).
+    trt_fp16: bool = True
+    trt_cache: str | None = None
+
+    def provider_options(self) -> dict:
+        """ONNX Runtime provider options of these settings, recorded with every row."""
+        trt = {"trt_fp16_enable": "1" if self.trt_fp16 else "0"}
+        if self.trt_cache:
+            trt.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": self.trt_cache,
+                        "trt_timing_cache_enable": "1", "trt_timing_cache_path": self.trt_cache})
+        return {"TensorrtExecutionProvider": trt}
+
+
+VARIANT_SETS = ("all", "float-and-selected")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# Batch sizes of `python -m benchmarks gpu`: batch 1 to 1024.
+GPU_BATCH_SIZES = (1, 8, 64, 256, 1024)
+# An accuracy on a GPU provider this many points away from the CPU's is flagged (fp16 TensorRT
+# may move a few borderline examples; more means a broken conversion).
+GPU_ACCURACY_TOLERANCE_PTS = 0.5
 
 
 def check_providers(providers) -> list[str]:
@@ -109,8 +133,11 @@ def measure_provider(variant, provider: str, x: np.ndarray, y: np.ndarray,
     # TensorRT takes the subgraphs it supports; the rest should run on CUDA, not on the CPU.
     chain = ((provider, "CUDAExecutionProvider") if provider == "TensorrtExecutionProvider"
              else (provider,))
-    with OnnxRunner(variant, providers=chain, threads=settings.threads) as runner:
+    options = {p: o for p, o in settings.provider_options().items() if p in chain}
+    with OnnxRunner(variant, providers=chain, threads=settings.threads,
+                    provider_options=options) as runner:
         row.update({"session_providers": runner.session.get_providers(),
+                    "provider_options": runner.provider_options,
                     "runner": runner.describe(), "accuracy": accuracy(runner, x, y, 256)})
         for b in settings.batch_sizes:
             xb = _batch(x, b)
@@ -164,9 +191,14 @@ def fastest(results: list[dict]) -> dict:
 def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
                 progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
     providers = check_providers(settings.providers)
+    if settings.variants not in VARIANT_SETS:
+        raise BenchmarkError(f"variants={settings.variants!r}; valid: {', '.join(VARIANT_SETS)}")
     tasks = list(settings.tasks or served_tasks(artifacts))
     data_dir, tasks = _resolve_data(data, tasks)
     variants = [v for v in list_variants(artifacts) if v.task in tasks and v.has_file("model.onnx")]
+    if settings.variants == "float-and-selected":
+        variants = [v for v in variants if v.lineage.is_root
+                    or v.name == _selected_name(artifacts, v.task)]
     if not variants:
         raise BenchmarkError(f"no variants with model.onnx for tasks {', '.join(tasks)} under "
                              f"{artifacts}; create them first: make train compress")
@@ -189,11 +221,51 @@ def run_latency(artifacts: str, data: str | None, settings: LatencySettings,
                  + (row["error"] or ", ".join(f"{m['mode']}@{m['batch_size']} "
                                               f"p50 {m['p50_ms']:.4f} ms"
                                               for m in row["measurements"])))
+    compare_with_cpu(results)
     return {"schema": LATENCY_SCHEMA,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "artifacts": str(artifacts), "settings": asdict(settings),
             "environment": environment(), "tasks": tasks_info, "results": results,
             "fastest": fastest(results)}
+
+
+def _selected_name(artifacts, task: str) -> str | None:
+    from core.artifacts import ArtifactError, selected_variant
+
+    try:
+        return selected_variant(artifacts, task, verify=False).name
+    except ArtifactError:
+        return None
+
+
+def compare_with_cpu(results: list[dict]) -> None:
+    """Give every non-CPU row `accuracy_vs_cpu_pts` (its accuracy minus the same variant's on
+    the CPU provider) and `accuracy_ok` (within GPU_ACCURACY_TOLERANCE_PTS)."""
+    cpu = {(r["task"], r["variant"]): r.get("accuracy") for r in results
+           if r["provider"] == "CPUExecutionProvider" and not r["error"]}
+    for r in results:
+        base = cpu.get((r["task"], r["variant"]))
+        if r["provider"] == "CPUExecutionProvider" or r["error"] or base is None:
+            continue
+        delta = 100 * (r["accuracy"] - base)
+        r["accuracy_vs_cpu_pts"] = round(delta, 3)
+        r["accuracy_ok"] = abs(delta) <= GPU_ACCURACY_TOLERANCE_PTS
+
+
+def gpu_settings(usable: tuple[str, ...], **overrides) -> LatencySettings:
+    """What `python -m benchmarks gpu` measures: every usable GPU provider (TensorRT fp16 with
+    an engine cache, CUDA with CUDA graphs) and the CPU, batch 1 to 1024, on each task's float
+    and selected variants. No usable GPU provider is an error naming what is usable."""
+    gpus = [p for p in GPU_PROVIDERS if p in usable]
+    if not gpus:
+        raise ProviderUnavailableError(
+            f"no GPU provider is usable on this machine (usable: {', '.join(usable)}); "
+            "`benchmarks gpu` runs on a GPU host with onnxruntime-gpu and the CUDA 13 / cuDNN 9 "
+            "(and TensorRT 10 for its provider) libraries: see ../shared/gpu/README.md")
+    values = {"providers": (*gpus, "CPUExecutionProvider"), "batch_sizes": GPU_BATCH_SIZES,
+              "cuda_graph": "CUDAExecutionProvider" in gpus, "variants": "float-and-selected",
+              "trt_fp16": True, "trt_cache": "trt-cache", **overrides}
+    return LatencySettings(**values)
 
 
 def render_latency_markdown(record: dict) -> str:

@@ -106,16 +106,19 @@ class OnnxRunner(Runner):
     runtime = "onnx"
 
     def __init__(self, variant: Variant, providers=("cpu",), threads: int = 1,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, provider_options: dict | None = None):
         super().__init__(variant, threads)
         wanted = [provider_name(p) for p in providers]
         if not wanted:
             raise RunnerError("providers is empty; valid: cpu, cuda, tensorrt")
         if cuda_graph and wanted[0] != "CUDAExecutionProvider":
             raise RunnerError(f"cuda_graph needs the CUDA provider first, got {wanted[0]}")
-        options = {"cuda": {"enable_cuda_graph": "1"}} if cuda_graph else None
+        options = {provider_name(k): dict(v) for k, v in (provider_options or {}).items()}
+        if cuda_graph:
+            options.setdefault("CUDAExecutionProvider", {})["enable_cuda_graph"] = "1"
+        self.provider_options = options
         self.session = variant_session(variant, providers=wanted, threads=self.threads,
-                                       strict=True, provider_options=options)
+                                       strict=True, provider_options=options or None)
         # make_session(strict=True) already refused a fallback; record what really runs.
         self.provider_full = self.session.get_providers()[0]
         self.provider = self.provider_full.replace("ExecutionProvider", "").lower()

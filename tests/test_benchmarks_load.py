@@ -141,3 +141,54 @@ def test_latency_command_runs_without_tensorflow(tiny_artifacts, tmp_path):  # n
     assert r.returncode == 0, r.stderr
     assert "sign_mnist_tiny" in r.stdout and "fashion_mnist" not in r.stdout
     assert (tmp_path / "latency.json").is_file()
+
+
+def test_gpu_record_settings_and_refusal_on_a_host_without_gpu(tiny_artifacts, tmp_path,  # noqa: F811
+                                                              capsys):
+    from benchmarks.latency import GPU_BATCH_SIZES, gpu_settings
+
+    all_gpus = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    s = gpu_settings(all_gpus, trt_cache=str(tmp_path / "trt"))
+    assert s.providers == all_gpus and s.cuda_graph and s.batch_sizes == GPU_BATCH_SIZES
+    assert s.batch_sizes[0] == 1 and s.batch_sizes[-1] == 1024
+    assert s.variants == "float-and-selected"
+    trt = s.provider_options()["TensorrtExecutionProvider"]
+    assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "trt")
+    cuda_only = gpu_settings(("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert cuda_only.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    if "CUDAExecutionProvider" in usable_providers():
+        return
+    with pytest.raises(ProviderUnavailableError, match="no GPU provider is usable.*shared/gpu"):
+        gpu_settings(usable_providers())
+    assert main(["gpu", "--artifacts", str(tiny_artifacts), "--reports", str(tmp_path)]) == 2
+    assert "no GPU provider is usable on this machine" in capsys.readouterr().err
+
+
+def test_float_and_selected_variants_with_accuracy_against_the_cpu(tiny_artifacts,  # noqa: F811
+                                                                  tmp_path):
+    import shutil
+
+    from benchmarks.latency import compare_with_cpu
+    from core.artifacts import select_variant
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / "fashion_mnist", root / "fashion_mnist")
+    settings = LatencySettings(batch_sizes=(1,), budget_s=0.005, rounds=1,
+                               variants="float-and-selected")
+    record = run_latency(str(root), None, settings, progress=lambda msg: None)
+    assert {r["variant"] for r in record["results"]} == {"fashion_mnist_tiny"}  # nothing selected
+    select_variant(root, "fashion_mnist", "fashion_mnist_tiny-prune-50")
+    record = run_latency(str(root), None, settings, progress=lambda msg: None)
+    assert {r["variant"] for r in record["results"]} == {"fashion_mnist_tiny",
+                                                         "fashion_mnist_tiny-prune-50"}
+    assert record["results"][0]["provider_options"] == {}
+    rows = [{"task": "t", "variant": "v", "provider": "CPUExecutionProvider", "error": None,
+             "accuracy": 0.90},
+            {"task": "t", "variant": "v", "provider": "CUDAExecutionProvider", "error": None,
+             "accuracy": 0.898},
+            {"task": "t", "variant": "v", "provider": "TensorrtExecutionProvider", "error": None,
+             "accuracy": 0.85}]
+    compare_with_cpu(rows)
+    assert rows[1]["accuracy_vs_cpu_pts"] == pytest.approx(-0.2) and rows[1]["accuracy_ok"]
+    assert rows[2]["accuracy_ok"] is False and "accuracy_ok" not in rows[0]
