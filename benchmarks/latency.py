@@ -36,7 +36,7 @@ from benchmarks.suite import BenchmarkError, TaskTestData
 from core.evaluate import accuracy
 from core import data as datasets
 from core.artifacts import list_variants
-from core.runtime import ProviderUnavailableError, provider_name, usable_providers
+from core.runtime import GPU_PROVIDERS, ProviderUnavailableError, provider_name, usable_providers
 from core.tasks import get_task
 from core.userdata import served_tasks
 
@@ -71,7 +71,6 @@ class LatencySettings:
 
 
 VARIANT_SETS = ("all", "float-and-selected")
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # Batch sizes of `python -m benchmarks gpu`: batch 1 to 1024.
 GPU_BATCH_SIZES = (1, 8, 64, 256, 1024)
 # An accuracy on a GPU provider this many points away from the CPU's is flagged (fp16 TensorRT

@@ -122,8 +122,32 @@ def _cmd_select(args) -> int:
     report = pipeline.rows_from_manifests(args.artifacts, args.task, saved)
     if args.remeasure:
         pipeline.remeasure_latency(args.artifacts, args.task, report, args.data_dir)
-    pipeline.finish_task(args.artifacts, args.task, report, args.budget)
+    from compress.placement import Objective
+
+    try:
+        objective = Objective(args.budget, args.objective, args.batch,
+                              None if args.max_latency_us is None else args.max_latency_us / 1000,
+                              args.max_size_kb)
+    except ValueError as e:
+        raise CompressError(str(e)) from None
+    if args.objective == "throughput" and not args.bench and not args.gpu_record:
+        raise CompressError("--objective throughput needs measurements at that batch size: "
+                            "--bench reports/bench.json (CPU) and/or --gpu-record (GPU)")
+    pipeline.finish_task(args.artifacts, args.task, report, args.budget, objective=objective,
+                         cpu_bench=_read_record(args.bench), gpu_record=_read_record(args.gpu_record))
     return 0
+
+
+def _read_record(path):
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompressError(f"{path}: unreadable measurement record ({e})") from None
 
 
 def _cmd_techniques(args) -> int:
@@ -174,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "variant has model.onnx, else litert)")
     s.add_argument("--remeasure", action="store_true",
                    help="measure every variant's latency again first (when the machine is quiet)")
+    s.add_argument("--objective", choices=["latency", "throughput"], default="latency",
+                   help="lowest batch-1 p50 (default), or most items/s at --batch")
+    s.add_argument("--batch", type=int, default=1, help="batch size of --objective throughput")
+    s.add_argument("--max-latency-us", type=float, help="latency budget: batch-1 p50 at most")
+    s.add_argument("--max-size-kb", type=float, help="size budget: gzip size at most (KiB)")
+    s.add_argument("--bench", help="CPU measurements from a benchmark record (reports/bench.json)"
+                   " instead of compress's own: batch-1 latency and throughput per runtime")
+    s.add_argument("--gpu-record", help="GPU measurements (python -m benchmarks gpu: "
+                   "reports/latency.json or benchmarks/results/gpu-*.json): the gpu placement")
     s.add_argument("--data-dir", help="dataset folder the latency examples come from")
     s.set_defaults(func=_cmd_select)
 

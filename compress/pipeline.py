@@ -301,51 +301,58 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
 
 # ------------------------------------------------------------------ selection and report
 
-# The file each serving runtime runs, and the gzip size the report records for it.
-_GZIP_KEY = {"onnx": "onnx_gzip_bytes", "litert": "tflite_gzip_bytes"}
-GPU_NOT_MEASURED = ("not measured: compress measures batch-1 latency on the CPU; GPU "
-                    "measurements come from a GPU host (python -m benchmarks latency)")
+GPU_NOT_MEASURED = ("not measured: compress measures batch-1 latency on the CPU; give a GPU "
+                    "record (python -m benchmarks gpu) to `compress select --gpu-record`")
 
 
-def _latencies(row: dict) -> dict[str, float]:
-    """runtime -> batch-1 p50 of a report row (older rows: their one measured runtime)."""
-    by_runtime = row.get("latency_p50_ms_by_runtime")
-    if by_runtime:
-        return dict(by_runtime)
-    if row.get("latency_p50_ms") is not None and row.get("latency_runtime"):
-        return {row["latency_runtime"]: row["latency_p50_ms"]}
-    return {}
+def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: dict | None = None,
+           gpu_record: dict | None = None, task: str | None = None) -> dict:
+    """What to serve, per placement (compress.placement): on the CPU, of every measured
+    (variant, serving runtime) pair, the best for the objective (default: lowest batch-1 p50)
+    whose variant's accuracy is at most `budget_points` below the best trained or imported
+    model, within the objective's latency and size budgets; ties go to the smaller gzip size.
+    CPU measurements are compress's own, or a benchmark record's (`cpu_bench`, which also has
+    throughput); the GPU placement comes from a GPU record, else it says it was not measured.
+    Returns the reason record; its top-level variant and runtime are the CPU choice."""
+    from compress import placement
 
-
-def select(rows: list[dict], budget_points: float) -> dict:
-    """The CPU placement: of every (variant, serving runtime) pair measured, the fastest at
-    batch 1 whose variant's accuracy is at most `budget_points` below the best trained or
-    imported model; ties go to the smaller gzip size. Returns the reason record, with one entry
-    per placement ("gpu" says it was not measured rather than guessing)."""
+    objective = objective or placement.Objective(budget_points=budget_points)
     measured = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
     baselines = [r for r in measured if r["technique"] in ROOT_TECHNIQUES]
     if not baselines:
         raise CompressError("no trained baseline in the report: nothing to select against")
     baseline = max(baselines, key=lambda r: r["test_accuracy"])
-    floor = baseline["test_accuracy"] - budget_points / 100.0
-    candidates = [(r, rt, p50) for r in measured if r["test_accuracy"] >= floor - 1e-12
-                  for rt, p50 in _latencies(r).items()]
-    if not candidates:
-        raise CompressError(f"no measured variant within {budget_points} point(s) of "
-                            f"{baseline['variant']} ({baseline['test_accuracy']:.4f})")
-    chosen, runtime, p50 = min(candidates, key=lambda c: (c[2], c[0].get(_GZIP_KEY[c[1]]) or 0))
-    base_p50 = min(_latencies(baseline).values(), default=None)
-    cpu = {"variant": chosen["variant"], "runtime": runtime, "latency_p50_ms": p50,
-           "accuracy": chosen["test_accuracy"],
-           "latency_p50_ms_by_runtime": _latencies(chosen)}
-    return {"variant": chosen["variant"], "runtime": runtime, "baseline": baseline["variant"],
+    floor = baseline["test_accuracy"] - objective.budget_points / 100.0
+    known = {r["variant"] for r in measured}
+    cpu_candidates = ([c for c in placement.from_bench(cpu_bench, task) if c.variant in known]
+                      if cpu_bench else placement.from_report_rows(measured))
+    cpu, why = placement.choose(cpu_candidates, objective, floor)
+    if cpu is None:
+        raise CompressError(f"no CPU candidate for {objective.describe()} (best root "
+                            f"{baseline['variant']} at {baseline['test_accuracy']:.4f}): {why}")
+    placements = {"cpu": {**cpu.as_dict(), "measured": True}}
+    if gpu_record is not None:
+        sizes = {r["variant"]: r.get("onnx_gzip_bytes") for r in measured}
+        gpu, why = placement.choose(
+            [c for c in placement.from_gpu_record(gpu_record, task, sizes) if c.variant in known],
+            objective, floor)
+        placements["gpu"] = ({**gpu.as_dict(), "measured": True} if gpu is not None
+                             else {"measured": why != "not measured", "why": why})
+    else:
+        placements["gpu"] = {"measured": False, "why": GPU_NOT_MEASURED}
+    base_p50 = min((c.p50_ms for c in placement.from_report_rows([baseline]) if c.p50_ms),
+                   default=None)
+    chosen = next(r for r in measured if r["variant"] == cpu.variant)
+    return {"variant": cpu.variant, "runtime": cpu.runtime, "baseline": baseline["variant"],
             "baseline_accuracy": baseline["test_accuracy"],
-            "accuracy": chosen["test_accuracy"], "budget_points": budget_points,
-            "latency_p50_ms": p50, "baseline_latency_p50_ms": base_p50,
-            "speedup": base_p50 / p50 if base_p50 and p50 else None,
-            "placements": {"cpu": cpu, "gpu": {"measured": False, "why": GPU_NOT_MEASURED}},
-            "rule": "fastest variant and serving runtime (ONNX Runtime or LiteRT; CPU, batch 1, "
-                    "1 thread) with accuracy >= best trained model - budget"}
+            "accuracy": chosen["test_accuracy"], "budget_points": objective.budget_points,
+            "latency_p50_ms": cpu.p50_ms, "baseline_latency_p50_ms": base_p50,
+            "speedup": base_p50 / cpu.p50_ms if base_p50 and cpu.p50_ms else None,
+            "objective": {"metric": objective.metric, "batch": objective.batch,
+                          "max_latency_ms": objective.max_latency_ms,
+                          "max_size_kb": objective.max_size_kb},
+            "placements": placements,
+            "rule": f"per placement, of the serving runtimes measured: {objective.describe()}"}
 
 
 def report_paths(root, task: str) -> tuple[Path, Path]:
@@ -397,8 +404,10 @@ def render_markdown(report: dict) -> str:
     if sel:
         lines += [f"**Selected: `{sel['variant']}`** (accuracy {sel['accuracy']:.2%}, baseline "
                   f"`{sel['baseline']}` {sel['baseline_accuracy']:.2%}, budget "
-                  f"{sel['budget_points']} pt; p50 {sel['latency_p50_ms'] * 1000:.1f} us on "
-                  f"{sel.get('runtime', 'onnx')}"
+                  f"{sel['budget_points']} pt; "
+                  + (f"p50 {sel['latency_p50_ms'] * 1000:.1f} us " if sel.get('latency_p50_ms')
+                     else "")
+                  + f"on {sel.get('runtime', 'onnx')}"
                   + (f", {sel['speedup']:.2f}x faster than the baseline" if sel.get("speedup") else "")
                   + ")", ""]
     header = ("| variant | technique | accuracy | Δ pts | ONNX KiB | ONNX gzip | TFLite KiB | "
@@ -470,10 +479,12 @@ def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -
     return report
 
 
-def finish_task(root, task: str, report: dict, budget_points: float, log=print) -> dict:
+def finish_task(root, task: str, report: dict, budget_points: float, log=print,
+                objective=None, cpu_bench: dict | None = None,
+                gpu_record: dict | None = None) -> dict:
     """Select, record the selection for `serve`, save and print the report."""
     rows = [r for model_rows in report["models"].values() for r in model_rows]
-    report["selection"] = select(rows, budget_points)
+    report["selection"] = select(rows, budget_points, objective, cpu_bench, gpu_record, task)
     artifacts.select_variant(root, task, report["selection"]["variant"], reason=report["selection"],
                              runtime=report["selection"]["runtime"])
     json_path, md_path = save_report(root, task, report)

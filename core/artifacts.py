@@ -404,14 +404,32 @@ def select_variant(root: str | Path, task: str, variant: str, reason: dict | Non
     return path
 
 
+def selection_record(root: str | Path, task: str) -> dict:
+    """The task's selected.json as written by `select_variant` (a clear error when missing)."""
+    path = Path(root) / task / SELECTED
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no variant selected for task {task!r}; run `make compress` "
+                            f"(or `python -m compress select`) first") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable selection record ({e})") from None
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{path}: unreadable selection record (not a JSON object)")
+    return record
+
+
 def selected_runtime(root: str | Path, task: str) -> str:
     """The runtime the selection record names ("onnx" for records written before runtimes were
     selected)."""
-    path = Path(root) / task / SELECTED
-    try:
-        return str(json.loads(path.read_text()).get("runtime", "onnx"))
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise ArtifactError(f"{path}: unreadable selection record ({e})") from None
+    return str(selection_record(root, task).get("runtime", "onnx"))
+
+
+def selected_placements(root: str | Path, task: str) -> dict:
+    """{placement: choice} of the selection record ({} for records without placements); a
+    measured choice names variant, runtime and provider."""
+    reason = selection_record(root, task).get("reason") or {}
+    return dict(reason.get("placements") or {})
 
 
 def selected_variant(root: str | Path, task: str, verify: bool = True) -> Variant:

@@ -12,6 +12,8 @@ import functools
 import os
 from pathlib import Path
 
+# The GPU providers, best first (TensorRT takes the subgraphs it supports, CUDA the rest).
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
-from core.artifacts import ArtifactError, Variant, selected_runtime, selected_variant
+from core.artifacts import (ArtifactError, Variant, find_variant, selected_placements,
+                            selected_runtime, selected_variant)
+from core.runtime import usable_providers
 from core.manifest import OutputSpec
-from core.runtime import provider_name, variant_session
+from core.runtime import GPU_PROVIDERS, provider_name, variant_session
 
 log = logging.getLogger("serve.model")
 
@@ -86,18 +88,16 @@ class OnnxBackend:
         self.errors = ort_errors()
         asked = [provider_name(p) for p in providers]
         if asked and asked[0] != self.provider:
-            _warn_fallback(asked[0], self.provider)
+            _warn_once(f"{asked[0]} was asked for but the session runs on {self.provider}")
 
     def predict(self, input_name: str, x: np.ndarray) -> np.ndarray:
         return self._session.run(None, {input_name: x})[0]
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_fallback(asked: str, got: str) -> None:
-    """One line per process, not one per model, when the first provider asked for is not
-    available here."""
-    log.warning("%s was asked for but is not available on this host: ONNX models run on %s "
-                "(--providers cpu silences this)", asked, got)
+def _warn_once(message: str) -> None:
+    """One line per process, not one per model, for a placement other than the one asked for."""
+    log.warning("%s (--providers cpu silences this)", message)
 
 
 
@@ -129,7 +129,42 @@ class LiteRTBackend:
 
 # runtime named by the selection record -> how serve runs it (core.runners.SERVING_RUNTIMES)
 BACKENDS = {b.runtime: b for b in (OnnxBackend, LiteRTBackend)}
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task runs: which variant, on which runtime, asking which providers."""
+
+    name: str                   # "cpu" or "gpu"
+    variant: str | None         # None: the selection's top-level (CPU) choice
+    runtime: str
+    providers: tuple[str, ...]
+    note: str = ""              # why, when it is not what was asked for
+
+
+def choose_placement(requested: tuple[str, ...], usable: tuple[str, ...], cpu_runtime: str,
+                     placements: dict) -> Placement:
+    """The GPU choice of selected.json when a GPU provider was asked for, is usable here and the
+    GPU placement was measured; else the CPU choice, on the CPU when the GPU was asked for but
+    its placement was not measured (a CPU-chosen model, int8 say, gains nothing on CUDA)."""
+    asked = [provider_name(p) for p in requested]
+    gpu_asked = [p for p in asked if p in GPU_PROVIDERS]
+    gpu_usable = [p for p in gpu_asked if p in usable]
+    gpu = placements.get("gpu") or {}
+    if gpu_usable and gpu.get("variant"):
+        provider = gpu.get("provider") if gpu.get("provider") in usable else gpu_usable[0]
+        return Placement("gpu", gpu["variant"], "onnx",
+                         tuple(dict.fromkeys((provider, *gpu_usable, "cpu"))))
+    if gpu_usable:
+        return Placement("cpu", None, cpu_runtime, ("cpu",),
+                         f"{gpu_usable[0]} is usable but selected.json has no measured GPU "
+                         f"placement ({gpu.get('why', 'none recorded')}): serving the CPU choice "
+                         "on the CPU")
+    if gpu_asked:
+        return Placement("cpu", None, cpu_runtime, ("cpu",),
+                         f"{gpu_asked[0]} was asked for but is not available on this host: "
+                         "serving the CPU choice on the CPU")
+    return Placement("cpu", None, cpu_runtime, tuple(requested))
 
 
 class ServedModel:
@@ -194,13 +229,19 @@ class ServedModel:
         return self._backend.platform if self._backend else "unknown"
 
     def _load(self) -> None:
-        variant = selected_variant(self.artifacts, self.name, verify=True)
-        runtime = selected_runtime(self.artifacts, self.name)
+        where = choose_placement(self.providers, usable_providers(),
+                                 selected_runtime(self.artifacts, self.name),
+                                 selected_placements(self.artifacts, self.name))
+        if where.note:
+            _warn_once(where.note)
+        variant = (find_variant(self.artifacts, self.name, where.variant, verify=True)
+                   if where.variant else selected_variant(self.artifacts, self.name, verify=True))
+        runtime = where.runtime
         if runtime not in BACKENDS:
             raise ArtifactError(f"{self.artifacts / self.name}/selected.json: runtime "
                                 f"{runtime!r}; serve runs {', '.join(BACKENDS)}")
         preprocess = variant.preprocessor()
-        backend = BACKENDS[runtime](variant, self.providers, self.threads)
+        backend = BACKENDS[runtime](variant, where.providers, self.threads)
         spec, output = variant.input, variant.output
         shape = tuple(-1 if d is None else d for d in spec.shape)
         self.variant, self.preprocess, self._backend = variant, preprocess, backend

@@ -10,6 +10,7 @@ from core import modelstats
 from compress.errors import (InvalidParameterError, NotApplicableError, UnknownTechniqueError,
                              UnsupportedLayerError)
 from core.export import ExportParityError, check_parity, export_float, run_onnx
+from compress.errors import CompressError
 from compress.pipeline import select
 from compress.recipe import parse_recipe
 from compress.techniques import TECHNIQUES, get_technique
@@ -191,7 +192,9 @@ def test_selection_picks_variant_and_runtime_under_the_accuracy_budget():
     chosen = select(rows, budget_points=1.0)
     assert (chosen["variant"], chosen["runtime"]) == ("int8", "onnx")
     assert chosen["speedup"] == pytest.approx(0.060 / 0.040)  # vs the base's fastest runtime
-    assert chosen["placements"]["cpu"]["latency_p50_ms_by_runtime"] == {"onnx": 0.040}
+    cpu = chosen["placements"]["cpu"]
+    assert (cpu["variant"], cpu["runtime"], cpu["p50_ms"], cpu["measured"]) == \
+        ("int8", "onnx", 0.040, True)
     assert chosen["placements"]["gpu"]["measured"] is False
     assert "not measured" in chosen["placements"]["gpu"]["why"]
     assert (select(rows, 1.2)["variant"], select(rows, 1.2)["runtime"]) == ("tfl", "litert")
@@ -274,3 +277,58 @@ def test_every_technique_resolves_its_defaults_to_a_valid_variant_name(name):
     variant_dir("/tmp", "fashion_mnist", f"fashion_cnn-{technique.suffix(params)}")  # no error
     with pytest.raises(Exception, match="unknown parameter"):
         technique.resolve({"no_such_parameter": 1})
+
+
+def _bench_row(variant, runtime, acc, p50, ips32, gzip_kb):
+    return {"task": "t", "variant": variant, "runtime": runtime, "provider": "cpu",
+            "error": None, "accuracy": acc, "latency": {"p50_ms": p50},
+            "throughput": {"32": {"items_per_s": ips32}, "1024": {"items_per_s": ips32 * 1.1}},
+            "size": {"gzip_bytes": gzip_kb * 1024}}
+
+
+def _gpu_row(variant, provider, acc, p50, ips1024):
+    return {"task": "t", "variant": variant, "provider": provider, "error": None,
+            "accuracy": acc, "measurements": [
+                {"mode": "numpy", "batch_size": 1, "p50_ms": p50, "items_per_s": 1000 / p50},
+                {"mode": "bound", "batch_size": 1, "p50_ms": p50 / 2, "items_per_s": 2000 / p50},
+                {"mode": "numpy", "batch_size": 1024, "p50_ms": 1.0, "items_per_s": ips1024}]}
+
+
+def test_selection_per_placement_with_objectives_and_budgets():
+    from compress.placement import Objective
+
+    rows = [_row("base", "train", 0.900, onnx=0.080, litert=0.060),
+            _row("int8", "onnx_static", 0.895, onnx=0.040),
+            _row("small", "channels", 0.896, onnx=0.050, litert=0.045)]
+    bench = {"results": [_bench_row("base", "onnx", 0.900, 0.080, 9_000, 400),
+                         _bench_row("base", "keras", 0.900, 0.500, 90_000, 900),  # not served
+                         _bench_row("int8", "onnx", 0.895, 0.040, 20_000, 120),
+                         _bench_row("small", "litert", 0.896, 0.045, 30_000, 200)]}
+    # Throughput at batch 32 from the benchmark record: the LiteRT row of "small".
+    sel = select(rows, 1.0, Objective(1.0, "throughput", 32), cpu_bench=bench, task="t")
+    assert (sel["variant"], sel["runtime"]) == ("small", "litert")
+    # A size budget rules it out; a latency budget that nothing meets is an error.
+    sel = select(rows, 1.0, Objective(1.0, "throughput", 32, max_size_kb=150), cpu_bench=bench,
+                 task="t")
+    assert sel["variant"] == "int8"
+    with pytest.raises(CompressError, match="none within the latency/size budgets"):
+        select(rows, 1.0, Objective(1.0, max_latency_ms=0.001))
+    # The GPU placement from a GPU record: lowest batch-1 p50 of its best mode, accuracy
+    # budget applied to the GPU's own accuracy; the CPU choice stays the top-level one.
+    gpu = {"results": [_gpu_row("base", "CUDAExecutionProvider", 0.900, 0.30, 2e6),
+                       _gpu_row("int8", "TensorrtExecutionProvider", 0.88, 0.10, 3e6),
+                       _gpu_row("small", "TensorrtExecutionProvider", 0.896, 0.20, 1e6)]}
+    sel = select(rows, 1.0, gpu_record=gpu, task="t")
+    assert (sel["variant"], sel["runtime"]) == ("int8", "onnx")
+    g = sel["placements"]["gpu"]
+    assert (g["variant"], g["provider"], g["p50_ms"]) == ("small", "TensorrtExecutionProvider",
+                                                          0.10)
+    sel = select(rows, 1.0, Objective(1.0, "throughput", 1024), cpu_bench=bench,
+                 gpu_record=gpu, task="t")
+    assert sel["placements"]["gpu"]["variant"] == "base"  # 2e6 items/s at 1024, within budget
+    with pytest.raises(CompressError, match="not measured for the objective"):
+        select(rows, 1.0, Objective(1.0, "throughput", 64), cpu_bench=bench, task="t")
+    sel = select(rows, 1.0, gpu_record={"results": []}, task="t")
+    assert sel["placements"]["gpu"] == {"measured": False, "why": "not measured"}
+    with pytest.raises(ValueError, match="objective 'speed'"):
+        Objective(metric="speed")

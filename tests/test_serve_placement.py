@@ -68,10 +68,37 @@ def test_a_cuda_request_without_cuda_is_one_warning_line(tiny_artifacts, tmp_pat
     select_variant(root, "sign_mnist", "sign_mnist_tiny")
     from serve import model as served
 
-    served._warn_fallback.cache_clear()
+    served._warn_once.cache_clear()
     with caplog.at_level("WARNING", logger="serve.model"):
         with TestClient(create_app(Settings(artifacts=root, providers=("cuda", "cpu")))) as client:
             assert _ready(client, TASK)["placement"] == "cpu"
             _ready(client, "sign_mnist")
     warnings = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]
     assert len(warnings) == 1 and "CUDAExecutionProvider" in warnings[0], warnings
+    assert "serving the CPU choice on the CPU" in warnings[0]
+
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+GPU_CHOICE = {"cpu": {"variant": "m-int8", "runtime": "onnx", "measured": True},
+              "gpu": {"variant": "m-fp16", "runtime": "onnx", "provider": TRT, "measured": True}}
+
+
+@pytest.mark.parametrize("requested, usable, placements, expected", [
+    # A GPU host with a measured GPU placement: its variant on its provider, CUDA and CPU after.
+    (("cuda", "cpu"), (TRT, CUDA, CPU), GPU_CHOICE, ("gpu", "m-fp16", "onnx", (TRT, CUDA, "cpu"))),
+    # TensorRT not usable: the GPU choice on CUDA.
+    (("cuda", "cpu"), (CUDA, CPU), GPU_CHOICE, ("gpu", "m-fp16", "onnx", (CUDA, "cpu"))),
+    # GPU usable but never measured: the CPU choice stays on the CPU, with a note.
+    (("cuda", "cpu"), (CUDA, CPU), {"gpu": {"measured": False, "why": "not measured"}},
+     ("cpu", None, "litert", ("cpu",))),
+    # No GPU here (this machine): the CPU choice, with a note.
+    (("cuda", "cpu"), (CPU,), GPU_CHOICE, ("cpu", None, "litert", ("cpu",))),
+    # Only the CPU asked for: no note.
+    (("cpu",), (CUDA, CPU), GPU_CHOICE, ("cpu", None, "litert", ("cpu",))),
+])
+def test_placement_follows_the_providers_really_usable(requested, usable, placements, expected):
+    from serve.model import choose_placement
+
+    where = choose_placement(requested, usable, "litert", placements)
+    assert (where.name, where.variant, where.runtime, where.providers) == expected
+    assert bool(where.note) == (expected[0] == "cpu" and requested[0] != "cpu")
