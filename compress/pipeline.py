@@ -331,6 +331,11 @@ def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: di
         raise CompressError(f"no CPU candidate for {objective.describe()} (best root "
                             f"{baseline['variant']} at {baseline['test_accuracy']:.4f}): {why}")
     placements = {"cpu": {**cpu.as_dict(), "measured": True}}
+    # For consumers that run ONNX only (Triton, KServe's ONNX runtime): the best ONNX candidate.
+    onnx_only, _ = placement.choose([c for c in cpu_candidates if c.runtime == "onnx"],
+                                    objective, floor)
+    if onnx_only is not None:
+        placements["cpu-onnx"] = {**onnx_only.as_dict(), "measured": True}
     if gpu_record is not None:
         sizes = {r["variant"]: r.get("onnx_gzip_bytes") for r in measured}
         gpu, why = placement.choose(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve.model import V2_DATATYPES
-from core.artifacts import ArtifactError, selected_variant
+from core.artifacts import ArtifactError, find_variant, selected_placements, selected_variant
 from core.manifest import Manifest
 from core.userdata import served_tasks
 
@@ -99,6 +99,11 @@ def export_triton(artifacts: Path, out: Path, *, max_batch_size: int = 32,
     for task in served_tasks(artifacts) if tasks is None else tasks:
         try:
             variant = selected_variant(artifacts, task, verify=True)
+            if not variant.has_file("model.onnx"):
+                # A TFLite-only choice (LiteRT): Triton runs the best ONNX candidate instead.
+                onnx_choice = selected_placements(artifacts, task).get("cpu-onnx") or {}
+                if onnx_choice.get("variant"):
+                    variant = find_variant(artifacts, task, onnx_choice["variant"], verify=True)
             onnx_path = variant.file("model.onnx")
         except ArtifactError as e:
             skipped[task] = str(e)

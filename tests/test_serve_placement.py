@@ -102,3 +102,26 @@ def test_placement_follows_the_providers_really_usable(requested, usable, placem
     where = choose_placement(requested, usable, "litert", placements)
     assert (where.name, where.variant, where.runtime, where.providers) == expected
     assert bool(where.note) == (expected[0] == "cpu" and requested[0] != "cpu")
+
+
+def test_triton_export_of_a_litert_selection_takes_the_onnx_choice(tiny_artifacts, tmp_path):
+    """Triton has no TFLite backend: a task served on LiteRT from a TFLite-only variant is
+    exported with the selection's best ONNX candidate."""
+    from core.artifacts import create_variant, find_variant
+    from serve.triton_export import export_triton
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / TASK, root / TASK)
+    base = find_variant(root, TASK, VARIANT)
+    with create_variant(root, task=TASK, model=VARIANT, variant=f"{VARIANT}-tflite-only",
+                        lineage={"parent": VARIANT, "technique": "tflite", "params": {}},
+                        input=base.input, output=base.output,
+                        preprocessing=dict(base.manifest.preprocessing),
+                        labels=base.labels) as v:
+        shutil.copy2(base.file("model.tflite"), v.path("model.tflite"))
+    placements = {"cpu": {"variant": f"{VARIANT}-tflite-only", "runtime": "litert"},
+                  "cpu-onnx": {"variant": VARIANT, "runtime": "onnx"}}
+    select_variant(root, TASK, f"{VARIANT}-tflite-only", reason={"placements": placements},
+                   runtime="litert")
+    exported, skipped = export_triton(root, tmp_path / "repo", tasks=[TASK])
+    assert [(e.task, e.variant) for e in exported] == [(TASK, VARIANT)] and not skipped
