@@ -345,8 +345,9 @@ def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: di
                              else {"measured": why != "not measured", "why": why})
     else:
         placements["gpu"] = {"measured": False, "why": GPU_NOT_MEASURED}
-    base_p50 = min((c.p50_ms for c in placement.from_report_rows([baseline]) if c.p50_ms),
-                   default=None)
+    # The baseline's batch-1 p50 from the same measurements as the choice's.
+    base_p50 = min((c.p50_ms for c in cpu_candidates
+                    if c.variant == baseline["variant"] and c.p50_ms), default=None)
     chosen = next(r for r in measured if r["variant"] == cpu.variant)
     return {"variant": cpu.variant, "runtime": cpu.runtime, "baseline": baseline["variant"],
             "baseline_accuracy": baseline["test_accuracy"],
