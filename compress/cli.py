@@ -48,7 +48,8 @@ def _compress(root, task, models, args, start_from=None, measure=True) -> dict:
 def _select(root, task, report, args) -> dict:
     from compress import pipeline
 
-    return pipeline.finish_task(root, task, report, _recipe(args).accuracy_budget_points)
+    return pipeline.finish_task(root, task, report, _recipe(args).accuracy_budget_points,
+                                data_dir=args.data_dir)
 
 
 def _cmd_run(args) -> int:
@@ -134,7 +135,8 @@ def _cmd_select(args) -> int:
         raise CompressError("--objective throughput needs measurements at that batch size: "
                             "--bench reports/bench.json (CPU) and/or --gpu-record (GPU)")
     pipeline.finish_task(args.artifacts, args.task, report, args.budget, objective=objective,
-                         cpu_bench=_read_record(args.bench), gpu_record=_read_record(args.gpu_record))
+                         cpu_bench=_read_record(args.bench), gpu_record=_read_record(args.gpu_record),
+                         data_dir=args.data_dir)
     return 0
 
 

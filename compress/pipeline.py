@@ -12,6 +12,7 @@ and the fastest ONNX variant within the accuracy budget is recorded with `select
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -37,6 +38,10 @@ LATENCY_EXAMPLES = 32
 # compress makes, enough for a median that moves less than the machine does between minutes;
 # `benchmarks run` measures every runtime in depth.
 LATENCY_ROUND_S = 0.1
+# Selection measures again the contenders within this factor of the fastest, this many
+# alternating rounds each (confirm_fastest).
+CONFIRM_WITHIN = 1.5
+CONFIRM_ROUNDS = 5
 
 
 @dataclass
@@ -485,11 +490,69 @@ def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -
     return report
 
 
+def confirm_fastest(root, task: str, rows: list[dict], budget_points: float, data_dir=None,
+                    log=print) -> list[tuple[str, str]]:
+    """Measure again the (variant, runtime) pairs whose batch-1 p50 is within CONFIRM_WITHIN
+    of the fastest pair under the accuracy budget: CONFIRM_ROUNDS rounds each, alternating
+    between them so that a busy moment slows all of them, and keep each pair's median round.
+    At a few microseconds per call one 0.1 s measurement per pair picks by noise (seen: a
+    pair measured at 5.4 us that the benchmark put at 9.9 us, next to one at 6.4 us).
+    Updates the rows' latencies in place; returns the pairs measured again."""
+    from compress import placement
+    from core.measure import single_stream
+    from core.runners import open_runner
+
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
+    roots = [r["test_accuracy"] for r in ok if r["technique"] in ROOT_TECHNIQUES]
+    if not roots:
+        return []
+    floor = max(roots) - budget_points / 100.0
+    cands = [c for c in placement.from_report_rows(ok)
+             if c.accuracy >= floor - 1e-12 and c.p50_ms]
+    if len(cands) < 2:
+        return []
+    best = min(c.p50_ms for c in cands)
+    close = [c for c in cands if c.p50_ms <= CONFIRM_WITHIN * best]
+    if len(close) < 2:
+        return []
+    test = data.load(get_task(task).dataset, "test", data_dir=data_dir)
+    rounds: dict[tuple[str, str], list[float]] = {(c.variant, c.runtime): [] for c in close}
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for c in close:
+            variant = artifacts.find_variant(root, task, c.variant)
+            example = variant.preprocessor()(test.x[:LATENCY_EXAMPLES])
+            runner = stack.enter_context(open_runner(variant, c.runtime, providers=("cpu",),
+                                                     threads=1))
+            opened.append(((c.variant, c.runtime), runner, example))
+        for _ in range(CONFIRM_ROUNDS):
+            for key, runner, example in opened:
+                stats = single_stream(runner, example, rounds=1, budget_s=LATENCY_ROUND_S)
+                rounds[key].append(stats["p50_ms"])
+    by_variant = {r["variant"]: r for r in ok}
+    for (name, runtime), p50s in rounds.items():
+        row = by_variant[name]
+        latencies = dict(row.get("latency_p50_ms_by_runtime") or {row["latency_runtime"]:
+                                                                   row["latency_p50_ms"]})
+        latencies[runtime] = round(float(np.median(p50s)), 5)
+        fastest = min(latencies, key=latencies.get)
+        row.update(latency_p50_ms_by_runtime=latencies, latency_runtime=fastest,
+                   latency_p50_ms=latencies[fastest])
+    log(f"[{task}] measured again ({CONFIRM_ROUNDS} alternating rounds): " + ", ".join(
+        f"{n} on {rt} {1000 * by_variant[n]['latency_p50_ms_by_runtime'][rt]:.1f} us"
+        for n, rt in rounds))
+    return list(rounds)
+
+
 def finish_task(root, task: str, report: dict, budget_points: float, log=print,
                 objective=None, cpu_bench: dict | None = None,
-                gpu_record: dict | None = None) -> dict:
-    """Select, record the selection for `serve`, save and print the report."""
+                gpu_record: dict | None = None, data_dir=None) -> dict:
+    """Select, record the selection for `serve`, save and print the report. On compress's own
+    latencies, the close contenders are measured again first (`confirm_fastest`)."""
     rows = [r for model_rows in report["models"].values() for r in model_rows]
+    if cpu_bench is None and (objective is None or objective.metric == "latency"):
+        confirm_fastest(root, task, rows, objective.budget_points if objective else budget_points,
+                        data_dir, log)
     report["selection"] = select(rows, budget_points, objective, cpu_bench, gpu_record, task)
     artifacts.select_variant(root, task, report["selection"]["variant"], reason=report["selection"],
                              runtime=report["selection"]["runtime"])

@@ -268,3 +268,21 @@ def test_latencies_left_for_later_are_measured_before_selection(root, rows, tmp_
     assert artifacts.find_variant(copy, TASK, "tiny_cnn-onnx-fp16").metrics["latency_p50_ms"] > 0
     chosen = pipeline.finish_task(copy, TASK, report, 100.0, log=lambda *a: None)
     assert chosen["selection"]["variant"] in measured
+
+
+@pytest.mark.slow
+def test_close_contenders_are_measured_again_before_selection(root, rows):
+    import copy
+
+    again = copy.deepcopy(list(rows.values()))
+    said = []
+    pairs = pipeline.confirm_fastest(root, TASK, again, budget_points=100.0, log=said.append)
+    by_name = {r["variant"]: r for r in again}
+    assert len(pairs) >= 2 and "alternating rounds" in said[0]
+    best = min(min(r["latency_p50_ms_by_runtime"].values()) for r in again
+               if r.get("status") == "ok" and r.get("latency_p50_ms_by_runtime"))
+    for name, runtime in pairs:
+        row = by_name[name]
+        assert row["latency_p50_ms"] == min(row["latency_p50_ms_by_runtime"].values())
+        assert row["latency_p50_ms_by_runtime"][runtime] > 0
+    assert best > 0

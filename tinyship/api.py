@@ -78,7 +78,7 @@ def compress(task: str, *, recipe: str | Path | dict | None = None, budget: floa
     chosen = resolve(roots[0])
     if budget is not None:
         chosen = dataclasses.replace(chosen, accuracy_budget_points=budget)
-    pipeline.finish_task(root, task, report, chosen.accuracy_budget_points)
+    pipeline.finish_task(root, task, report, chosen.accuracy_budget_points, data_dir=data_dir)
     return report
 
 
