@@ -17,7 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow raises above twice its MAX_IMAGE_PIXELS (and only warns between 1x and 2x).
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _MODES = {1: "L", 3: "RGB"}
 
 

@@ -45,10 +45,12 @@ import numpy as np
 
 from core import data as datasets
 from core.data import DatasetFormatError
-from core.images import IMAGE_SUFFIXES, ImageDecodeError, read_image, fit_image
 from core.tasks import SERVED_TASKS, TASKS, TaskSpec
 
+# Pillow (core.images) is imported where images are read, not here: the GPU host's latency
+# command lists tasks through this module and has numpy and onnxruntime only.
 TASK_RECORD = "task.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TEXT_SUFFIXES = (".txt",)
 SPLIT_FOLDERS = ("train", "test")
 
@@ -257,7 +259,7 @@ def _scan_images(source: DataSource) -> Listing:
 
 
 def _first_image_shape(listing: Listing) -> tuple[int, int, int]:
-    from core.images import decode
+    from core.images import ImageDecodeError, decode
 
     for path in (p for s in SPLIT_FOLDERS for p in listing.items[s]):
         try:
@@ -270,6 +272,8 @@ def _first_image_shape(listing: Listing) -> tuple[int, int, int]:
 
 
 def _read_image_file(item: str, listing: Listing) -> np.ndarray:
+    from core.images import read_image
+
     return read_image(item, *listing.image)
 
 
@@ -368,6 +372,8 @@ def _fit_all(x: np.ndarray, shape) -> np.ndarray:
     want = (h, w) if c == 1 else (h, w, c)
     if x.shape[1:] == want or (c == 1 and x.shape[1:] == (h, w, 1)):
         return x.reshape(len(x), *want)
+    from core.images import fit_image
+
     return np.stack([fit_image(img, h, w, c) for img in x]) if len(x) else \
         np.zeros((0, *want), np.uint8)
 
@@ -485,6 +491,8 @@ def iter_batches(source: DataSource, split: str, batch_size: int = 256,
     """The split in batches of decoded inputs (uint8 pixels, texts or feature vectors) and
     class ids; a folder dataset is decoded batch by batch, never held whole. Items that cannot
     be read go to `report`."""
+    from core.images import ImageDecodeError
+
     listing = scan(source)
     fmt = USER_FORMATS[source.format]
     items, y = listing.items[split], listing.y[split]

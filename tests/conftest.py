@@ -20,20 +20,22 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TINYSHIP_CACHE", tempfile.mkdtemp(prefix="tinyship-test-cache-"))
 # Packages that the TensorFlow-free paths must never import (see `run_without_tensorflow`).
 BLOCKED = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
-BLOCKER = textwrap.dedent(f"""
-    import sys, importlib.abc
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in {BLOCKED!r}:
-                raise ImportError('blocked for the test: ' + name)
-    sys.meta_path.insert(0, Block())
-""")
+def _blocker(blocked: tuple[str, ...]) -> str:
+    return textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {blocked!r}:
+                    raise ImportError('blocked for the test: ' + name)
+        sys.meta_path.insert(0, Block())
+    """)
 
 
-def run_without_tensorflow(code: str) -> subprocess.CompletedProcess:
+def run_without_tensorflow(code: str, also_blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter in which importing TensorFlow (or Keras, TFMOT,
-    tf2onnx) fails, as on a host that has only numpy and onnxruntime."""
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+    tf2onnx, and `also_blocked`) fails, as on a host that has only numpy and onnxruntime."""
+    return subprocess.run([sys.executable, "-c", _blocker(BLOCKED + tuple(also_blocked))
+                           + textwrap.dedent(code)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
