@@ -192,3 +192,30 @@ def test_float_and_selected_variants_with_accuracy_against_the_cpu(tiny_artifact
     compare_with_cpu(rows)
     assert rows[1]["accuracy_vs_cpu_pts"] == pytest.approx(-0.2) and rows[1]["accuracy_ok"]
     assert rows[2]["accuracy_ok"] is False and "accuracy_ok" not in rows[0]
+
+
+def test_gpu_bundle_holds_what_the_gpu_run_reads(tiny_artifacts, tmp_path):  # noqa: F811
+    """tools/gpu_bundle.py: float and selected variants (manifest, model.onnx, vocabulary) and
+    the test data, enough for the latency path on the borrowed GPU machine."""
+    import shutil
+
+    from core.artifacts import select_variant
+    from tools.gpu_bundle import bundle
+
+    root = tmp_path / "artifacts"
+    for task in ("fashion_mnist", "imdb"):
+        shutil.copytree(tiny_artifacts / task, root / task)
+    select_variant(root, "fashion_mnist", "fashion_mnist_tiny-prune-50")
+    select_variant(root, "imdb", "imdb_tiny")
+    copied, total = bundle(root, tmp_path / "bench")
+    assert sorted(copied) == ["fashion_mnist/fashion_mnist_tiny",
+                              "fashion_mnist/fashion_mnist_tiny-prune-50", "imdb/imdb_tiny"]
+    assert sorted(p.name for p in (tmp_path / "bench" / "artifacts" / "imdb" / "imdb_tiny")
+                  .iterdir()) == ["manifest.json", "model.onnx", "vocab.json"]
+    assert 0 < total < 64 * 2 ** 20
+    record = run_latency(str(tmp_path / "bench" / "artifacts"), str(tmp_path / "bench" / "data"),
+                         LatencySettings(batch_sizes=(1,), budget_s=0.002, rounds=1,
+                                         variants="float-and-selected"), progress=lambda m: None)
+    assert {r["variant"] for r in record["results"]} == {"fashion_mnist_tiny",
+                                                         "fashion_mnist_tiny-prune-50", "imdb_tiny"}
+    assert not [r["error"] for r in record["results"] if r["error"]]
