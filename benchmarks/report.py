@@ -179,8 +179,10 @@ def render_markdown(bench: dict) -> str:
         rows = task_rows(bench, task)
         lines += ["", f"## {task}", "",
                   f"Accuracy on {info['n_test']} test examples from `{info['data_source']}`.", ""]
+        served = info.get("served")
         lines += markdown_table(_header(batches), (
-            _table_cells({**r, "data_source": info["data_source"]}, batches) for r in rows))
+            _served_mark(_table_cells({**r, "data_source": info["data_source"]}, batches), r,
+                         served) for r in rows))
         best = best_rows(rows, batches)
         if best:
             lines += ["", f"Within {FASTEST_BUDGET_POINTS:g} accuracy point of the best trained "
@@ -220,6 +222,11 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _served_mark(cells: list[str], row: dict, served: dict | None) -> list[str]:
+    """The table row, its variant cell marked when it is what serve runs."""
+    return [f"{cells[0]} (served)", *cells[1:]] if _is_served(row, served) else cells
 
 
 def _is_served(row: dict, served: dict | None) -> bool:
@@ -357,7 +364,8 @@ def render_html(bench: dict, reports: Path, plots: list[Path], curves: dict[str,
             parts.append(f"<p class='note'>fastest at {html.escape(k)} within "
                          f"{FASTEST_BUDGET_POINTS:g} accuracy point of the best trained model: "
                          f"<b>{html.escape(r['variant'])}</b> on {html.escape(r['runtime'])}</p>")
-        parts.append(_html_table(_header(batches), [_table_cells(r, batches) for r in rows]))
+        parts.append(_html_table(_header(batches), [
+            _served_mark(_table_cells(r, batches), r, info.get("served")) for r in rows]))
         task_curves = {v: p for v, p in curves.items() if v.startswith(f"{task}/")}
         if task_curves:
             parts.append("<h3>Training curves</h3><div class='curves'>")

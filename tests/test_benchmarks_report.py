@@ -337,5 +337,6 @@ def test_report_names_what_is_served_and_how_it_compares():
     md = render_markdown(bench)
     assert ("- served (selected.json): **mlp** on onnx, p50 0.0100 ms; 2.00x the fastest row "
             "within the budget") in md
+    assert "| mlp (served) | onnx |" in md and "| mlp (served) | keras |" not in md
     bench["tasks"]["fashion_mnist"]["served"] = None
     assert "served: nothing selected" in render_markdown(bench)
