@@ -139,7 +139,6 @@ def test_import_refuses_what_it_cannot_serve(files, tmp_path):
     assert "2 input(s)" in msg and "[?, 4]" in msg and "supported" in msg
     assert "regression model" in attempt(files["regression"])
     assert "logits" in attempt(files["logits"]) and "softmax" in attempt(files["logits"])
-    labels = tmp_path / "nine.txt"
     x, y = user_datasets.digits()
     nine = user_datasets.write_digit_folder(tmp_path / "nine", x[y < 9][:300], y[y < 9][:300])
     msg = attempt(files["keras"], nine)
