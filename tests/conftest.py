@@ -48,6 +48,18 @@ def _builtin_registries():
 _BUILTIN = _builtin_registries()
 
 
+def loaded_model(client, task: str, timeout_s: float = 30.0) -> dict:
+    """`/v1/models`' entry for `task` once it is no longer loading (a TestClient of serve)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        if models[task]["state"] != "loading" or time.monotonic() > deadline:
+            return models[task]
+        time.sleep(0.05)
+
+
 @pytest.fixture(autouse=True)
 def _registries_restored():
     """After each test, the process-wide task and dataset tables hold the built-in rows only:

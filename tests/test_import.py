@@ -17,6 +17,7 @@ from PIL import Image
 from core.artifacts import find_variant, list_variants, selected_variant
 from core.userdata import DataSource, scan
 from tests import user_datasets
+from tests.conftest import loaded_model
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -187,13 +188,9 @@ def test_compress_benchmark_select_serve_an_imported_task(files, imported):
     session = make_session(chosen.file("model.onnx"), ("cpu",))
     own = session.run(None, {session.get_inputs()[0].name: own_pixels(str(png))[None]})[0][0]
     with TestClient(create_app(Settings(artifacts=root, providers=("cpu",)))) as client:
-        for _ in range(300):
-            models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-            if models["digits"]["state"] != "loading":
-                break
-            time.sleep(0.05)
-        assert models["digits"]["state"] == "ready", models["digits"]
-        assert models["digits"]["kind"] == "image" and models["digits"]["input_shape"] == [16, 16, 1]
+        model = loaded_model(client, "digits")
+        assert model["state"] == "ready", model
+        assert model["kind"] == "image" and model["input_shape"] == [16, 16, 1]
         answer = client.post("/v1/classify/digits?k=10",
                              files={"file": ("7.png", png.read_bytes(), "image/png")}).json()
         assert answer["variant"] == chosen.name
@@ -404,11 +401,7 @@ def test_imported_text_task_is_served_and_preprocessing_reads_yaml(text_files, t
     review = "A wonderful, moving film with a great cast."
     p = float(onnx_predict(variant, text_files["tokenizer"]([review]), np.int32)[0, 0])
     with TestClient(create_app(Settings(artifacts=tmp_path, providers=("cpu",)))) as client:
-        for _ in range(300):
-            models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-            if models["reviews"]["state"] != "loading":
-                break
-            time.sleep(0.05)
+        assert loaded_model(client, "reviews")["state"] == "ready"
         answer = client.post("/v1/classify/reviews?k=2", json={"text": review}).json()
     scores = {t["label"]: t["probability"] for t in answer["top_k"]}
     assert scores["pos"] == pytest.approx(p, abs=1e-5) and scores["neg"] == pytest.approx(1 - p, abs=1e-5)

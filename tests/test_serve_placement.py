@@ -3,7 +3,6 @@ do not depend on it."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -13,17 +12,9 @@ from core import data
 from core.artifacts import select_variant
 from serve.app import create_app
 from serve.settings import Settings
+from tests.conftest import loaded_model
 
 TASK, VARIANT = "fashion_mnist", "fashion_mnist_tiny"
-
-
-def _ready(client, task):
-    for _ in range(600):
-        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        if models[task]["state"] != "loading":
-            return models[task]
-        time.sleep(0.05)
-    raise TimeoutError(task)
 
 
 def test_same_answers_on_an_onnx_and_a_litert_placement(tiny_artifacts, tmp_path):
@@ -35,7 +26,7 @@ def test_same_answers_on_an_onnx_and_a_litert_placement(tiny_artifacts, tmp_path
         select_variant(root, TASK, VARIANT, reason={"why": "test"}, runtime=runtime)
         app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
         with TestClient(app) as client:
-            model = _ready(client, TASK)
+            model = loaded_model(client, TASK)
             assert (model["runtime"], model["placement"]) == (runtime, "cpu")
             assert model["provider"] == {"onnx": "CPUExecutionProvider",
                                          "litert": "LiteRT CPU (XNNPACK)"}[runtime]
@@ -71,8 +62,8 @@ def test_a_cuda_request_without_cuda_is_one_warning_line(tiny_artifacts, tmp_pat
     served._warn_once.cache_clear()
     with caplog.at_level("WARNING", logger="serve.model"):
         with TestClient(create_app(Settings(artifacts=root, providers=("cuda", "cpu")))) as client:
-            assert _ready(client, TASK)["placement"] == "cpu"
-            _ready(client, "sign_mnist")
+            assert loaded_model(client, TASK)["placement"] == "cpu"
+            loaded_model(client, "sign_mnist")
     warnings = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]
     assert len(warnings) == 1 and "CUDAExecutionProvider" in warnings[0], warnings
     assert "serving the CPU choice on the CPU" in warnings[0]
