@@ -340,3 +340,18 @@ def test_report_names_what_is_served_and_how_it_compares():
     assert "| mlp (served) | onnx |" in md and "| mlp (served) | keras |" not in md
     bench["tasks"]["fashion_mnist"]["served"] = None
     assert "served: nothing selected" in render_markdown(bench)
+
+
+def test_a_ratio_drop_of_a_few_microseconds_is_noise_not_a_regression():
+    bench = copy.deepcopy(FIXED_BENCH)
+    baseline = gate.make_baseline(bench)
+    assert baseline["speed_noise_floor_us"] == gate.SPEED_NOISE_FLOOR_US
+    slower = copy.deepcopy(bench)
+    slower["results"][2]["ratios"]["speedup_best"] = 2.0 * 0.70  # -30%
+    # The reference's fastest query at 12.6 us: 1.40x instead of 2.00x is 2.7 us slower.
+    slower["results"][0]["latency"]["min_ms"] = 0.0126
+    result = gate.check(slower, baseline)
+    assert result.ok and "2.7 us slower than the baseline predicts" in result.remeasured[0]
+    # At 200 us the same ratio drop is 43 us: a regression.
+    slower["results"][0]["latency"]["min_ms"] = 0.200
+    assert not gate.check(slower, baseline).ok
