@@ -31,6 +31,9 @@ from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
 from core.preprocessing import PreprocessingError
 
 MAX_K = 1000
+# Values one V2 input may declare: far above any request the body limit lets through (8 MiB of
+# FP32 is 2M values), and small enough that a shape's product never reaches an allocation.
+MAX_TENSOR_VALUES = 1 << 28
 MAX_TEXT_CHARS = 100_000  # the longest IMDB review has ~14k characters
 PROTOCOL_VERSION = "1"    # the one model version each task exposes in V2 / TF Serving
 
@@ -217,7 +220,9 @@ def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
 def classify_params(query) -> tuple[int, str]:
     """`k` (1..1000, default 3) and `invert` (auto|true|false) from the query string."""
     k_text = query.get("k", "3")
-    if not k_text.isdigit() or not 1 <= int(k_text) <= MAX_K:
+    # ASCII digits only ("²".isdigit() is true) and few of them (int() refuses > 4300 digits).
+    if not (k_text.isascii() and k_text.isdigit() and len(k_text) <= 6) \
+            or not 1 <= int(k_text) <= MAX_K:
         raise InvalidInput(f"query parameter k={k_text!r} is not valid",
                            expected=f"an integer from 1 to {MAX_K}")
     invert = query.get("invert", "auto")
@@ -310,7 +315,10 @@ def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidInput(f"shape {shape!r} is not a list of non-negative integers",
                            expected="e.g. [1, 28, 28, 1]")
-    dtype, count = NUMPY_DTYPES[datatype], int(np.prod(shape))
+    dtype, count = NUMPY_DTYPES[datatype], math.prod(shape)  # exact: np.prod wraps around
+    if count > MAX_TENSOR_VALUES:
+        raise InvalidInput(f"shape {shape} holds {count:,} values",
+                           expected=f"at most {MAX_TENSOR_VALUES:,} values per input")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if size != len(binary) or size != count * dtype.itemsize:
@@ -328,7 +336,19 @@ def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
     if arr.size != count:
         raise InvalidInput(f"data has {arr.size} values but shape {shape} needs {count}",
                            expected=f"{count} values in row-major order")
-    return arr.astype(dtype, copy=False).reshape(shape)
+    return _cast_exact(arr, dtype, "data").reshape(shape)
+
+
+def _cast_exact(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`arr` as `dtype`, refusing integers the type cannot hold (a cast would wrap them:
+    2**40 + 7 as int32 is 7)."""
+    if dtype.kind in "iu" and arr.dtype.kind in "iu" and arr.size:
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InvalidInput(f"{what} holds integers from {arr.min()} to {arr.max()}",
+                               expected=f"integers from {info.min} to {info.max} "
+                                        f"({dtype.name})")
+    return arr.astype(dtype, copy=False)
 
 
 def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tuple[bytes, int | None]:
@@ -373,7 +393,7 @@ def tfserving_decode(model: ServedModel, body: bytes) -> tuple[np.ndarray, str]:
     arr = _numeric_array(rows, field)
     if model.input.dtype.kind in "iu" and arr.dtype.kind == "f":
         raise InvalidInput("the inputs hold fractional numbers", expected="integer token ids")
-    return model.check_tensor(arr.astype(model.input.dtype, copy=False)), key
+    return model.check_tensor(_cast_exact(arr, model.input.dtype, field)), key
 
 
 def _named(value, name: str):

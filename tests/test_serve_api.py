@@ -567,3 +567,39 @@ def test_uploaded_photos_follow_each_datasets_convention():
     assert decode_image(photo, 28, 28, 1, "fashion_mnist", invert="false")[0, 0] > 220
     # Padded to a square with the border colour, not stretched: top rows are background.
     assert (fashion[:3] < 30).all()
+
+
+@pytest.mark.parametrize("query", ["k=%C2%B2", "k=" + "9" * 5000, "k=%EF%BC%93"])
+def test_odd_k_values_are_4xx_not_500(client, query):
+    # "²" and the full-width "３" are digits to str.isdigit(); 5,000 digits overflow int().
+    r = client.post(f"/v1/classify/fashion_mnist?{query}", json={"pixels": pixels()})
+    assert r.status_code == 422 and "an integer from 1 to 1000" in r.json()["expected"]
+
+
+def test_integers_beyond_the_input_type_are_refused_not_wrapped(client):
+    length = client.get("/v2/models/imdb").json()["inputs"][0]["shape"][1]
+    big = [2 ** 40 + 7] * length
+    r = client.post("/v2/models/imdb/infer", json={"inputs": [
+        {"name": "input", "datatype": "INT32", "shape": [1, length], "data": big}]})
+    assert r.status_code == 422 and "int32" in r.json()["expected"], r.text
+    r = client.post("/v1/models/imdb:predict", json={"instances": [big]})
+    assert r.status_code == 422 and "int32" in r.json()["expected"], r.text
+    r = client.post("/v2/models/imdb/infer", json={"inputs": [
+        {"name": "input", "datatype": "INT32", "shape": [4294967296, 4294967296], "data": []}]})
+    assert r.status_code == 422 and "values per input" in r.json()["expected"], r.text
+
+
+def test_a_manifest_with_null_labels_fails_that_model_alone(tmp_path):
+    root = write_fixture_artifacts(tmp_path / "a")
+    path = root / "sign_mnist" / "fixture_mlp" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["labels"] = None
+    path.write_text(json.dumps(manifest))
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",), threads=1)))
+    try:
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["fashion_mnist"]["state"] == "ready" and models["imdb"]["state"] == "ready"
+        assert models["sign_mnist"]["state"] == "failed"
+        assert "labels must be a non-empty list" in models["sign_mnist"]["error"]
+    finally:
+        c.__exit__(None, None, None)
