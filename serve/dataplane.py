@@ -293,14 +293,28 @@ def v2_decode(model: ServedModel, body: bytes, header_length: int | None) -> V2R
     if tensor.get("name") != model.input.name:
         raise InvalidInput(f"unknown input {tensor.get('name')!r} for model {model.name!r}",
                            expected=f"input name {model.input.name!r}")
+    for where, params in (("the request", doc.get("parameters")),
+                          ("the input", tensor.get("parameters"))):
+        if params is not None and not isinstance(params, dict):
+            raise InvalidInput(f"parameters of {where} is a {type(params).__name__}",
+                               expected='an object, e.g. {"binary_data_output": true}')
+    outputs = doc.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise InvalidInput(f"outputs is a {type(outputs).__name__}",
+                           expected=f'a list, e.g. [{{"name": {model.output.name!r}}}]')
     x = _v2_tensor(tensor, binary)
     want_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
-    for out in doc.get("outputs") or []:
+    for out in outputs or []:
         if not isinstance(out, dict) or out.get("name") != model.output.name:
             name = out.get("name") if isinstance(out, dict) else out
             raise InvalidInput(f"unknown output {name!r} for model {model.name!r}",
                                expected=f"output name {model.output.name!r}")
-        want_binary = bool((out.get("parameters") or {}).get("binary_data", want_binary))
+        params = out.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidInput(f"parameters of output {out.get('name')!r} is a "
+                               f"{type(params).__name__}",
+                               expected='an object, e.g. {"binary_data": true}')
+        want_binary = bool((params or {}).get("binary_data", want_binary))
     request_id = doc.get("id")
     return V2Request(model.check_tensor(x, f"input {model.input.name!r}"),
                      str(request_id) if request_id is not None else None, want_binary)

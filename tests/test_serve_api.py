@@ -603,3 +603,28 @@ def test_a_manifest_with_null_labels_fails_that_model_alone(tmp_path):
         assert "labels must be a non-empty list" in models["sign_mnist"]["error"]
     finally:
         c.__exit__(None, None, None)
+
+
+V2_MALFORMED = [
+    ({"outputs": 5}, "outputs is a int"),
+    ({"parameters": [1]}, "parameters of the request is a list"),
+    ({"tensor_parameters": "x"}, "parameters of the input is a str"),
+    ({"outputs": [{"name": "probs", "parameters": 3}]}, "parameters of output"),
+]
+
+
+@pytest.mark.parametrize("extra, words", V2_MALFORMED, ids=[w for _, w in V2_MALFORMED])
+def test_malformed_v2_fields_are_4xx_not_500(client, extra, words):
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [0.0] * 784}
+    if "tensor_parameters" in extra:
+        tensor["parameters"] = extra.pop("tensor_parameters")
+    r = client.post("/v2/models/fashion_mnist/infer", json={"inputs": [tensor], **extra})
+    assert r.status_code == 422 and words in r.json()["error"] and r.json()["expected"], r.text
+
+
+@pytest.mark.parametrize("header", ["x", "9" * 5000, "-5", "1e3"])
+def test_odd_inference_header_lengths_are_4xx(client, header):
+    r = client.post("/v2/models/fashion_mnist/infer", content=b"{}",
+                    headers={"Inference-Header-Content-Length": header,
+                             "Content-Type": "application/octet-stream"})
+    assert r.status_code == 422 and "is not a number" in r.json()["error"], r.text

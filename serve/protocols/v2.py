@@ -63,7 +63,8 @@ def router(repo: ModelRepository) -> APIRouter:
         model = _v2_model(name, version)
         model.require_ready()
         header = request.headers.get("inference-header-content-length")
-        if header is not None and not header.isdigit():
+        # ASCII digits, and not so many that int() refuses them (> 4300) or no body could match.
+        if header is not None and not (header.isascii() and header.isdigit() and len(header) <= 12):
             raise InvalidInput(f"Inference-Header-Content-Length {header!r} is not a number",
                                expected="the byte length of the JSON header")
         decoded = dataplane.v2_decode(model, await request.body(),
