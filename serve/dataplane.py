@@ -390,6 +390,10 @@ def tfserving_decode(model: ServedModel, body: bytes) -> tuple[np.ndarray, str]:
     if signature != "serving_default":
         raise InvalidInput(f"unknown signature_name {signature!r}", expected="serving_default")
     name = model.input.name
+    if "instances" in doc and "inputs" in doc:
+        raise InvalidInput("the request has both instances and inputs",
+                           expected='one of {"instances": [...]} (row format) or '
+                                    '{"inputs": ...} (columnar)')
     if "instances" in doc:
         rows, field, key = doc["instances"], "instances", "predictions"
         if not isinstance(rows, list) or not rows:

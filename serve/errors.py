@@ -36,6 +36,11 @@ class InvalidInput(ServeError):
     code = "invalid_input"
 
 
+class InvalidArgument(InvalidInput):
+    """Bad input on TensorFlow Serving's REST API, which answers such requests with 400
+    (INVALID_ARGUMENT) where the other protocols use 422."""
+
+
 class UnknownModel(ServeError):
     code = "unknown_model"
 
@@ -76,6 +81,7 @@ class InferenceFailed(ServeError):
 HTTP_STATUS: dict[type[ServeError], int] = {
     InvalidJSON: 400,
     InvalidInput: 422,
+    InvalidArgument: 400,
     UnknownModel: 404,
     ModelNotReady: 503,
     Overloaded: 503,

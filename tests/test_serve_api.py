@@ -307,10 +307,11 @@ def test_tfserving_predict_instances_and_inputs(client, artifacts):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     status = client.get("/v1/models/imdb").json()["model_version_status"][0]
     assert status["state"] == "AVAILABLE"
+    # TF Serving answers bad arguments with 400 (INVALID_ARGUMENT), "error" holding the message.
     for bad in ({"instances": []}, {"rows": 1}, {"instances": [{"x": 1}]},
-                {"instances": x, "signature_name": "other"}):
+                {"instances": x, "signature_name": "other"}, {"instances": x, "inputs": x}):
         r = client.post("/v1/models/fashion_mnist:predict", json=bad)
-        assert r.status_code == 422 and r.json()["expected"], r.text
+        assert r.status_code == 400 and r.json()["error"] and r.json()["expected"], r.text
 
 
 # -- the JSON fast path (serve.fastpath) and the FastAPI route answer alike ----------------------
@@ -583,7 +584,7 @@ def test_integers_beyond_the_input_type_are_refused_not_wrapped(client):
         {"name": "input", "datatype": "INT32", "shape": [1, length], "data": big}]})
     assert r.status_code == 422 and "int32" in r.json()["expected"], r.text
     r = client.post("/v1/models/imdb:predict", json={"instances": [big]})
-    assert r.status_code == 422 and "int32" in r.json()["expected"], r.text
+    assert r.status_code == 400 and "int32" in r.json()["expected"], r.text  # TF Serving: 400
     r = client.post("/v2/models/imdb/infer", json={"inputs": [
         {"name": "input", "datatype": "INT32", "shape": [4294967296, 4294967296], "data": []}]})
     assert r.status_code == 422 and "values per input" in r.json()["expected"], r.text

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serve import dataplane, docs
+from serve.errors import InvalidArgument, InvalidInput
 from serve.repository import ModelRepository
 from serve.responses import JSON, json_response
 
@@ -24,7 +25,10 @@ def router(repo: ModelRepository) -> APIRouter:
     async def tfs_predict(request: Request, name: str):
         model = repo.get(name)
         model.require_ready()
-        x, key = dataplane.tfserving_decode(model, await request.body())
+        try:
+            x, key = dataplane.tfserving_decode(model, await request.body())
+        except InvalidInput as e:
+            raise InvalidArgument(e.message, e.expected) from None
         raw, _ = await repo.infer(model, x)
         return Response(orjson.dumps({key: raw.tolist()}), media_type=JSON)
 
