@@ -8,6 +8,7 @@ model's is padded with its border colour (not stretched) before resizing. Tensor
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 _MODES = {1: "L", 3: "RGB"}
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ImageDecodeError(ValueError):
@@ -33,7 +37,10 @@ def decode(data: bytes | str | Path) -> Image.Image:
             return img
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
             SyntaxError) as e:
-        raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
+        # Pillow names an in-memory file by its repr (<_io.BytesIO object at 0x...>): a server
+        # answer must not carry it.
+        message = _OBJECT_REPR.sub("the data", str(e))
+        raise ImageDecodeError(f"{type(e).__name__}: {message}") from None
 
 
 def fit_image(img: Image.Image | np.ndarray, height: int, width: int,

@@ -629,3 +629,9 @@ def test_odd_inference_header_lengths_are_4xx(client, header):
                     headers={"Inference-Header-Content-Length": header,
                              "Content-Type": "application/octet-stream"})
     assert r.status_code == 422 and "is not a number" in r.json()["error"], r.text
+
+
+def test_an_undecodable_upload_names_no_object_repr(client):
+    r = client.post("/v1/classify/fashion_mnist", files={"file": ("x.png", b"GIF89a junk", "image/png")})
+    assert r.status_code == 422 and "could not be decoded" in r.json()["error"]
+    assert " at 0x" not in r.text and "BytesIO" not in r.text, r.text
