@@ -27,6 +27,7 @@ HELP = {
     "api_key": "require 'Authorization: Bearer KEY' on every route but health "
                "(prefer the environment variable: flags show in `ps`)",
     "max_body_bytes": "largest request body (larger: 413)",
+    "max_request_rows": "most rows (texts, images, tensor rows) in one request (more: 413)",
     "cors_origins": "comma-separated browser origins allowed to call the API",
     "access_log": "log one JSON line per request (true/false)",
     "fast_path": "answer JSON /v1/classify in plain ASGI, past FastAPI's router (true/false)",

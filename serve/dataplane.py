@@ -169,7 +169,10 @@ def image_inputs(model: ServedModel, data: bytes, invert: str = "auto") -> np.nd
                                            invert))
 
 
-def _preprocess(model: ServedModel, raw) -> np.ndarray:
+def _preprocess(model: ServedModel, raw: np.ndarray) -> np.ndarray:
+    """Image pixels -> model inputs; the row count is checked before any work on them."""
+    one_image_ndim = 2 if model.preprocess.channels == 1 else 3
+    model.check_rows(len(raw) if raw.ndim > one_image_ndim else 1, "pixels")
     try:
         x = model.preprocess(raw)
     except PreprocessingError as e:
@@ -203,6 +206,7 @@ def _text_inputs(model: ServedModel, doc: dict) -> tuple[np.ndarray, bool]:
     else:
         raise InvalidInput(f"no text in the request (keys: {', '.join(sorted(doc)) or 'none'})",
                            expected=EXAMPLE_HINTS["text"])
+    model.check_rows(len(texts), "texts")
     for i, t in enumerate(texts):
         what = "text" if single else f"texts[{i}]"
         if not isinstance(t, str):

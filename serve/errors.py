@@ -64,6 +64,12 @@ class BodyTooLarge(ServeError):
     code = "body_too_large"
 
 
+class TooManyRows(ServeError):
+    """More rows in one request than the server takes (Settings.max_request_rows)."""
+
+    code = "too_many_rows"
+
+
 class Unauthorized(ServeError):
     code = "unauthorized"
 
@@ -86,6 +92,7 @@ HTTP_STATUS: dict[type[ServeError], int] = {
     ModelNotReady: 503,
     Overloaded: 503,
     BodyTooLarge: 413,
+    TooManyRows: 413,
     Unauthorized: 401,
     InferenceFailed: 500,
 }

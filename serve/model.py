@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.errors import InferenceFailed, InvalidInput, ModelNotReady
+from serve.errors import InferenceFailed, InvalidInput, ModelNotReady, TooManyRows
 from core.artifacts import (ArtifactError, Variant, find_variant, selected_placements,
                             selected_runtime, selected_variant)
 from core.runtime import usable_providers
@@ -171,8 +171,9 @@ class ServedModel:
     """Load/ready/predict for one task, in the KServe model-class shape."""
 
     def __init__(self, task: str, artifacts: Path, providers=("cuda", "cpu"), threads: int = 1,
-                 warmup_batch_sizes: tuple[int, ...] = (1,)):
+                 warmup_batch_sizes: tuple[int, ...] = (1,), max_rows: int = 256):
         self.name = task
+        self.max_rows = max_rows  # rows one request may carry (Settings.max_request_rows)
         self.artifacts = Path(artifacts)
         self.providers = tuple(providers)
         self.threads = threads
@@ -302,6 +303,13 @@ class ServedModel:
         """(N, C) class probabilities: a sigmoid column p(positive) becomes [1 - p, p]."""
         return self.output_spec.probabilities(raw)
 
+    def check_rows(self, n: int, what: str = "the request") -> None:
+        """Refuse more rows than one request may carry, before any work is done on them."""
+        if n > self.max_rows:
+            raise TooManyRows(f"{what} has {n:,} rows",
+                              expected=f"at most {self.max_rows} rows per request (send more "
+                                       f"requests; the server batches them)")
+
     def check_tensor(self, x: np.ndarray, what: str = "input") -> np.ndarray:
         """Validate a raw model-input tensor (standard protocols): dtype, shape, values."""
         spec = self.input
@@ -313,6 +321,7 @@ class ServedModel:
         if x.ndim != len(spec.shape) or any(d != -1 and d != s for d, s in zip(spec.shape, x.shape)):
             raise InvalidInput(f"{what} has shape {list(x.shape)}",
                                expected=f"shape {list(spec.shape)} (-1: any batch size)")
+        self.check_rows(x.shape[0], what)
         if x.shape[0] == 0:
             raise InvalidInput(f"{what} is an empty batch", expected="at least one example")
         lo, hi = self._input_range

@@ -35,7 +35,8 @@ class ModelRepository:
         self.activity = activity or ClientActivity()
         warmup = (1, settings.max_batch_size) if settings.batching else (1,)
         self.models = {t: ServedModel(t, settings.artifacts, settings.providers,
-                                      settings.session_threads, warmup) for t in tasks}
+                                      settings.session_threads, warmup,
+                                      max_rows=settings.max_request_rows) for t in tasks}
         self.batchers: dict[str, DynamicBatcher] = {}
         self._observe_queue_time = {t: metrics.queue_time_observer(t) for t in tasks}
         metrics.queue_depth_source = lambda: {n: b.queue_depth for n, b in self.batchers.items()}

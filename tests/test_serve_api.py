@@ -635,3 +635,16 @@ def test_an_undecodable_upload_names_no_object_repr(client):
     r = client.post("/v1/classify/fashion_mnist", files={"file": ("x.png", b"GIF89a junk", "image/png")})
     assert r.status_code == 422 and "could not be decoded" in r.json()["error"]
     assert " at 0x" not in r.text and "BytesIO" not in r.text, r.text
+
+
+def test_rows_per_request_are_bounded_before_any_work(client):
+    # 1,000,000 short texts fit the body limit and held the server 10 s; 257 is already refused.
+    r = client.post("/v1/classify/imdb", json={"texts": ["good"] * 257})
+    assert r.status_code == 413 and "at most 256 rows" in r.json()["expected"], r.text
+    assert client.post("/v1/classify/imdb", json={"texts": ["good"] * 256}).status_code == 200
+    r = client.post("/v1/classify/fashion_mnist", json={"pixels": np.zeros((300, 28, 28), int).tolist()})
+    assert r.status_code == 413 and r.json()["code"] == "too_many_rows", r.text
+    x = np.zeros((300, 28, 28, 1), np.float32)
+    r = client.post("/v2/models/fashion_mnist/infer", json={"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
+    assert r.status_code == 413, r.text
