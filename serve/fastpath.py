@@ -13,6 +13,8 @@ metrics are identical; `SERVE_FAST_PATH=0` turns it off to compare.
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 from typing import NamedTuple
@@ -46,7 +48,10 @@ async def classify_json(repo, task: str, query, body: bytes) -> bytes:
     k, invert = dataplane.classify_params(query)
     model = repo.get(task)
     model.require_ready()
-    x, single = dataplane.friendly_json_inputs(model, body, invert)
+    if b'"image_base64"' in body:  # decoding an image: off the event loop (pixels stay on it)
+        x, single = await asyncio.to_thread(dataplane.friendly_json_inputs, model, body, invert)
+    else:
+        x, single = dataplane.friendly_json_inputs(model, body, invert)
     raw, timing = await repo.infer(model, x)
     timing["total"] = round((time.perf_counter() - start) * 1e3, 3)
     return dataplane.classify_answer(model, model.probabilities(raw), k, single, timing)

@@ -648,3 +648,11 @@ def test_rows_per_request_are_bounded_before_any_work(client):
     r = client.post("/v2/models/fashion_mnist/infer", json={"inputs": [
         {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
     assert r.status_code == 413, r.text
+
+
+def test_a_huge_image_is_refused_from_its_header(client):
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, format="PNG")  # 36 Mpx in a few KB
+    r = client.post("/v1/classify/fashion_mnist", files={"file": ("big.png", buf.getvalue(), "image/png")})
+    # The size comes from the header: the message is written before any pixel is decoded.
+    assert r.status_code == 422 and "6000x6000 = 36,000,000 pixels" in r.json()["error"], r.text

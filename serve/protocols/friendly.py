@@ -2,6 +2,8 @@
 page and the model list."""
 from __future__ import annotations
 
+import asyncio
+
 import time
 from pathlib import Path
 
@@ -63,4 +65,5 @@ async def _uploaded_image(request: Request, model, invert: str):
             raise InvalidInput("the multipart form has no file field named 'file'",
                                expected="multipart/form-data with an image in field 'file'")
         data = await upload.read()
-    return dataplane.image_inputs(model, data, invert)
+    # Decoding takes milliseconds to a second: off the event loop, so other clients go on.
+    return await asyncio.to_thread(dataplane.image_inputs, model, data, invert)
