@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core.runners import SERVING_RUNTIMES
+from core.artifacts import SERVING_RUNTIMES
 
 BASELINE_SCHEMA = "tinyship.bench-baseline/1"
 SPEED_TOLERANCE = 0.25

@@ -77,7 +77,8 @@ def measure_latency(variant: Variant, example: np.ndarray) -> dict:
     (ONNX Runtime, LiteRT): `latency_p50_ms_by_runtime`, and the fastest one's numbers as
     `latency_p50_ms` / `latency_runtime`."""
     from core.measure import single_stream
-    from core.runners import SERVING_RUNTIMES, open_runner, runtimes_for
+    from core.artifacts import SERVING_RUNTIMES
+    from core.runners import open_runner, runtimes_for
 
     measured = {}
     for runtime in [rt for rt in runtimes_for(variant) if rt in SERVING_RUNTIMES]:

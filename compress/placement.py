@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from core.runners import SERVING_RUNTIMES
+from core.artifacts import SERVING_RUNTIMES
 from core.runtime import GPU_PROVIDERS
 
 PLACEMENTS = ("cpu", "gpu")

@@ -38,6 +38,11 @@ from core.manifest import (MANIFEST, SCHEMA_VERSION, ArtifactError, FileEntry, I
                            Lineage, Manifest, OutputSpec, plain)
 
 SELECTED = "selected.json"
+# Which file of a variant each runtime needs (core.runners opens them).
+MODEL_FILES = {"keras": "model.keras", "litert": "model.tflite", "onnx": "model.onnx"}
+# The runtimes a deployment runs, without TensorFlow: what compress selects among for the CPU
+# placement, what serve opens, and whose speed the CI gate judges.
+SERVING_RUNTIMES = ("onnx", "litert")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _TMP_PREFIX = ".tmp-"
 
@@ -389,13 +394,15 @@ def find_variant(root: str | Path, task: str, variant: str, verify: bool = True)
 
 def select_variant(root: str | Path, task: str, variant: str, reason: dict | None = None,
                    runtime: str = "onnx") -> Path:
-    """Record which variant of a task `serve` should use, on which runtime (core.runners'
-    SERVING_RUNTIMES: "onnx" or "litert")."""
+    """Record which variant of a task `serve` should use, on which runtime (SERVING_RUNTIMES:
+    "onnx" or "litert")."""
     found = find_variant(root, task, variant, verify=False)
-    needed = {"onnx": "model.onnx", "litert": "model.tflite"}.get(runtime)
-    if needed is None or not found.has_file(needed):
-        raise ArtifactError(f"{task}/{variant} cannot be served on {runtime!r}: "
-                            f"{'unknown runtime' if needed is None else f'it has no {needed}'}")
+    if runtime not in SERVING_RUNTIMES:
+        raise ArtifactError(f"{task}/{variant} cannot be served on {runtime!r}: unknown runtime; "
+                            f"valid: {', '.join(SERVING_RUNTIMES)}")
+    if not found.has_file(MODEL_FILES[runtime]):
+        raise ArtifactError(f"{task}/{variant} cannot be served on {runtime!r}: it has no "
+                            f"{MODEL_FILES[runtime]}")
     path = Path(root) / task / SELECTED
     _write_json_atomic(path, {"task": task, "variant": variant, "runtime": runtime,
                               "reason": reason or {},

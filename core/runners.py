@@ -25,14 +25,13 @@ import os
 
 import numpy as np
 
-from core.artifacts import ArtifactError, Variant, load_variant
+from core.artifacts import MODEL_FILES, SERVING_RUNTIMES, ArtifactError, Variant, load_variant
 from core.runtime import ProviderUnavailableError, provider_name, variant_session
 
 __all__ = ["Runner", "OnnxRunner", "LiteRTRunner", "KerasRunner", "RUNTIMES", "MODEL_FILES",
-           "open_runner", "runtimes_for", "RunnerError", "ProviderUnavailableError", "ArtifactError"]
+           "SERVING_RUNTIMES", "open_runner", "runtimes_for", "RunnerError",
+           "ProviderUnavailableError", "ArtifactError"]
 
-# Which file of a variant each runtime needs.
-MODEL_FILES = {"keras": "model.keras", "litert": "model.tflite", "onnx": "model.onnx"}
 # ORT device type of each provider's memory, for IO binding.
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
                        "CPUExecutionProvider": "cpu"}
@@ -312,9 +311,6 @@ class KerasRunner(Runner):
 
 
 RUNTIMES = {"keras": KerasRunner, "litert": LiteRTRunner, "onnx": OnnxRunner}
-# The runtimes a deployment runs, without TensorFlow: what compress selects among for the CPU
-# placement, what serve opens, and whose speed the CI gate judges.
-SERVING_RUNTIMES = ("onnx", "litert")
 
 
 def runtimes_for(variant: Variant) -> list[str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import InferenceFailed, InvalidInput, ModelNotReady, TooManyRows
-from core.artifacts import (ArtifactError, Variant, find_variant, selected_placements,
-                            selected_runtime, selected_variant)
+from core.artifacts import (MODEL_FILES, ArtifactError, Variant, find_variant,
+                            selected_placements, selected_runtime, selected_variant)
 from core.runtime import usable_providers
 from core.manifest import OutputSpec
 from core.runtime import GPU_PROVIDERS, provider_name, variant_session
@@ -73,7 +73,8 @@ class TensorSpec:
 class OnnxBackend:
     """A variant's model.onnx on ONNX Runtime, on the first usable provider asked for."""
 
-    runtime, platform, model_file = "onnx", "onnxruntime_onnx", "model.onnx"
+    runtime, platform = "onnx", "onnxruntime_onnx"
+    model_file = MODEL_FILES[runtime]
 
     def __init__(self, variant: Variant, providers, threads: int):
         self._session = session = variant_session(variant, providers=providers, threads=threads)
@@ -105,7 +106,8 @@ class LiteRTBackend:
     """A variant's model.tflite on LiteRT (ai-edge-litert, no TensorFlow), on the CPU. One
     interpreter, guarded by a lock: it holds one input shape and is not thread-safe."""
 
-    runtime, platform, model_file = "litert", "litert_tflite", "model.tflite"
+    runtime, platform = "litert", "litert_tflite"
+    model_file = MODEL_FILES[runtime]
     provider = "LiteRT CPU (XNNPACK)"
 
     def __init__(self, variant: Variant, providers, threads: int):
@@ -127,7 +129,7 @@ class LiteRTBackend:
             return self._model.predict(x)
 
 
-# runtime named by the selection record -> how serve runs it (core.runners.SERVING_RUNTIMES)
+# runtime named by the selection record -> how serve runs it (core.artifacts.SERVING_RUNTIMES)
 BACKENDS = {b.runtime: b for b in (OnnxBackend, LiteRTBackend)}
 
 
