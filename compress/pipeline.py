@@ -307,6 +307,19 @@ def run_model(root, task: str, model: str, recipe: Recipe, data_dir=None, log=pr
 
 # ------------------------------------------------------------------ selection and report
 
+def _measured_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
+
+
+def _accuracy_floor(measured: list[dict], budget_points: float) -> tuple[dict | None, float]:
+    """(the most accurate root row, the accuracy a candidate needs), or (None, nan)."""
+    roots = [r for r in measured if r["technique"] in ROOT_TECHNIQUES]
+    if not roots:
+        return None, float("nan")
+    baseline = max(roots, key=lambda r: r["test_accuracy"])
+    return baseline, baseline["test_accuracy"] - budget_points / 100.0
+
+
 GPU_NOT_MEASURED = ("not measured: compress measures batch-1 latency on the CPU; give a GPU "
                     "record (python -m benchmarks gpu) to `compress select --gpu-record`")
 
@@ -323,12 +336,10 @@ def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: di
     from compress import placement
 
     objective = objective or placement.Objective(budget_points=budget_points)
-    measured = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
-    baselines = [r for r in measured if r["technique"] in ROOT_TECHNIQUES]
-    if not baselines:
+    measured = _measured_rows(rows)
+    baseline, floor = _accuracy_floor(measured, objective.budget_points)
+    if baseline is None:
         raise CompressError("no trained baseline in the report: nothing to select against")
-    baseline = max(baselines, key=lambda r: r["test_accuracy"])
-    floor = baseline["test_accuracy"] - objective.budget_points / 100.0
     known = {r["variant"] for r in measured}
     cpu_candidates = ([c for c in placement.from_bench(cpu_bench, task) if c.variant in known]
                       if cpu_bench else placement.from_report_rows(measured))
@@ -467,21 +478,33 @@ def rows_from_manifests(root, task: str, report: dict | None = None) -> dict:
     return report
 
 
+def _latency_examples(root, task: str, data_dir=None):
+    """variant -> the first LATENCY_EXAMPLES test inputs as its model's variants take them
+    (they share the model's preprocessing); the test split is read once, when first needed."""
+    cache: dict[str, np.ndarray] = {}
+    split = []
+
+    def examples(variant: Variant) -> np.ndarray:
+        if variant.model not in cache:
+            if not split:
+                split.append(data.load(get_task(task).dataset, "test", data_dir=data_dir))
+            base = artifacts.find_variant(root, task, variant.model)
+            cache[variant.model] = base.preprocessor()(split[0].x[:LATENCY_EXAMPLES])
+        return cache[variant.model]
+    return examples
+
+
 def remeasure_latency(root, task: str, report: dict, data_dir=None, log=print) -> dict:
     """Measure the latency of every variant in the report again (e.g. once the machine is
     quiet: a report built while other jobs ran has noisy latencies) and update the rows
     and the manifests."""
-    examples = {}
+    examples = _latency_examples(root, task, data_dir)
     for rows in report["models"].values():
         for row in rows:
             if row.get("status") != "ok":
                 continue
             variant = artifacts.find_variant(root, task, row["variant"])
-            if variant.model not in examples:
-                base = artifacts.find_variant(root, task, variant.model)
-                test = data.load(get_task(task).dataset, "test", data_dir=data_dir)
-                examples[variant.model] = base.preprocessor()(test.x[:LATENCY_EXAMPLES])
-            latency = measure_latency(variant, examples[variant.model])
+            latency = measure_latency(variant, examples(variant))
             artifacts.update_manifest(variant, metrics=latency)
             before = row.get("latency_p50_ms")
             log(f"  {row['variant']}: " + (f"{before * 1000:.1f} -> " if before else "")
@@ -503,11 +526,10 @@ def confirm_fastest(root, task: str, rows: list[dict], budget_points: float, dat
     from core.measure import single_stream
     from core.runners import open_runner
 
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("test_accuracy") is not None]
-    roots = [r["test_accuracy"] for r in ok if r["technique"] in ROOT_TECHNIQUES]
-    if not roots:
+    ok = _measured_rows(rows)
+    baseline, floor = _accuracy_floor(ok, budget_points)
+    if baseline is None:
         return []
-    floor = max(roots) - budget_points / 100.0
     cands = [c for c in placement.from_report_rows(ok)
              if c.accuracy >= floor - 1e-12 and c.p50_ms]
     if len(cands) < 2:
@@ -516,16 +538,15 @@ def confirm_fastest(root, task: str, rows: list[dict], budget_points: float, dat
     close = [c for c in cands if c.p50_ms <= CONFIRM_WITHIN * best]
     if len(close) < 2:
         return []
-    test = data.load(get_task(task).dataset, "test", data_dir=data_dir)
+    examples = _latency_examples(root, task, data_dir)
     rounds: dict[tuple[str, str], list[float]] = {(c.variant, c.runtime): [] for c in close}
     with contextlib.ExitStack() as stack:
         opened = []
         for c in close:
             variant = artifacts.find_variant(root, task, c.variant)
-            example = variant.preprocessor()(test.x[:LATENCY_EXAMPLES])
             runner = stack.enter_context(open_runner(variant, c.runtime, providers=("cpu",),
                                                      threads=1))
-            opened.append(((c.variant, c.runtime), runner, example))
+            opened.append(((c.variant, c.runtime), runner, examples(variant)))
         for _ in range(CONFIRM_ROUNDS):
             for key, runner, example in opened:
                 stats = single_stream(runner, example, rounds=1, budget_s=LATENCY_ROUND_S)
@@ -533,8 +554,7 @@ def confirm_fastest(root, task: str, rows: list[dict], budget_points: float, dat
     by_variant = {r["variant"]: r for r in ok}
     for (name, runtime), p50s in rounds.items():
         row = by_variant[name]
-        latencies = dict(row.get("latency_p50_ms_by_runtime") or {row["latency_runtime"]:
-                                                                   row["latency_p50_ms"]})
+        latencies = placement.row_latencies(row)
         latencies[runtime] = round(float(np.median(p50s)), 5)
         fastest = min(latencies, key=latencies.get)
         row.update(latency_p50_ms_by_runtime=latencies, latency_runtime=fastest,

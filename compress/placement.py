@@ -10,7 +10,7 @@ Measurements come from three sources, each a function returning `Candidate`s:
     throughput at its batch sizes on the CPU, per runtime;
   - a GPU record (`python -m benchmarks gpu|latency`, reports/latency.json or
     benchmarks/results/gpu-*.json): per provider (CUDA, TensorRT), batch sizes 1 to 1024.
-A placement with no measurement says so (`NOT_MEASURED`) instead of guessing.
+A placement with no measurement says so ("not measured") instead of guessing.
 TensorFlow-free.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from core.artifacts import SERVING_RUNTIMES
 from core.runtime import GPU_PROVIDERS
 
-PLACEMENTS = ("cpu", "gpu")
 METRICS = ("latency", "throughput")
 
 
@@ -82,16 +81,22 @@ class Candidate:
 _GZIP_KEY = {"onnx": "onnx_gzip_bytes", "litert": "tflite_gzip_bytes"}
 
 
+def row_latencies(row: dict) -> dict[str, float]:
+    """runtime -> batch-1 p50 ms of a compress report row (older rows: their one runtime)."""
+    if row.get("latency_p50_ms_by_runtime"):
+        return dict(row["latency_p50_ms_by_runtime"])
+    if row.get("latency_runtime") and row.get("latency_p50_ms") is not None:
+        return {row["latency_runtime"]: row["latency_p50_ms"]}
+    return {}
+
+
 def from_report_rows(rows: list[dict]) -> list[Candidate]:
     """compress's rows: batch-1 CPU latency per serving runtime (older rows: their one)."""
     out = []
     for r in rows:
         if r.get("status") != "ok" or r.get("test_accuracy") is None:
             continue
-        by_runtime = r.get("latency_p50_ms_by_runtime") or (
-            {r["latency_runtime"]: r["latency_p50_ms"]}
-            if r.get("latency_runtime") and r.get("latency_p50_ms") is not None else {})
-        for runtime, p50 in by_runtime.items():
+        for runtime, p50 in row_latencies(r).items():
             out.append(Candidate(r["variant"], runtime, "CPUExecutionProvider"
                                  if runtime == "onnx" else "LiteRT CPU", "cpu",
                                  r["test_accuracy"], p50, {1: 1000.0 / p50} if p50 else {},
