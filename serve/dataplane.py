@@ -271,6 +271,7 @@ class V2Request:
     inputs: np.ndarray
     id: str | None
     binary_output: bool
+    classification: int | None = None  # top k labels instead of the output tensor
 
 
 def v2_model_metadata(model: ServedModel) -> dict:
@@ -308,6 +309,7 @@ def v2_decode(model: ServedModel, body: bytes, header_length: int | None) -> V2R
                            expected=f'a list, e.g. [{{"name": {model.output.name!r}}}]')
     x = _v2_tensor(tensor, binary)
     want_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    classification = None
     for out in outputs or []:
         if not isinstance(out, dict) or out.get("name") != model.output.name:
             name = out.get("name") if isinstance(out, dict) else out
@@ -319,9 +321,12 @@ def v2_decode(model: ServedModel, body: bytes, header_length: int | None) -> V2R
                                f"{type(params).__name__}",
                                expected='an object, e.g. {"binary_data": true}')
         want_binary = bool((params or {}).get("binary_data", want_binary))
+        if params and "classification" in params:
+            classification = v2_classification_count(params["classification"])
     request_id = doc.get("id")
     return V2Request(model.check_tensor(x, f"input {model.input.name!r}"),
-                     str(request_id) if request_id is not None else None, want_binary)
+                     str(request_id) if request_id is not None else None, want_binary,
+                     classification)
 
 
 def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
@@ -369,6 +374,49 @@ def _cast_exact(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def v2_classification_count(value) -> int:
+    """The classification extension's output parameter: how many top classes to return."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise InvalidInput(f"output parameter classification={value!r} is not valid",
+                           expected=f"an integer from 1 to {MAX_K} (the number of top classes)")
+    return value
+
+
+def v2_classification(model: ServedModel, probabilities: np.ndarray, k: int) -> list[list[str]]:
+    """Triton's classification extension: per row, the top min(k, classes) classes as
+    "<score>:<class index>:<label>", best first. Ranked as /v1/classify ranks them (`top_k`),
+    over the class probabilities (`ServedModel.probabilities`): a one-column sigmoid model
+    ranks its two classes [1 - p, p], so "0.970000:1:positive" and "0.030000:0:negative"."""
+    return [[f"{c['probability']:f}:{c['class_id']}:{c['label']}" for c in row]
+            for row in top_k(model, probabilities, k)]
+
+
+def bytes_tensor(strings: list[list[str]]) -> bytes:
+    """A BYTES tensor in the binary tensor data extension: each element as a 4-byte
+    little-endian length, then its UTF-8 bytes, in row-major order."""
+    out = bytearray()
+    for row in strings:
+        for s in row:
+            data = s.encode()
+            out += len(data).to_bytes(4, "little")
+            out += data
+    return bytes(out)
+
+
+def _v2_classified(model: ServedModel, request: V2Request, outputs: np.ndarray,
+                   answer: dict) -> tuple[bytes, int | None]:
+    rows = v2_classification(model, model.probabilities(outputs), request.classification)
+    tensor = answer["outputs"][0]
+    tensor.update(datatype="BYTES", shape=[len(rows), len(rows[0]) if rows else 0])
+    if not request.binary_output:
+        tensor["data"] = [s for row in rows for s in row]
+        return orjson.dumps(answer), None
+    raw = bytes_tensor(rows)
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = orjson.dumps(answer)
+    return header + raw, len(header)
+
+
 def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tuple[bytes, int | None]:
     """Response body, and the JSON header length when tensors follow it as binary data."""
     outputs = np.ascontiguousarray(outputs, dtype=np.float32)
@@ -377,6 +425,8 @@ def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tu
     answer = {"model_name": model.name, "model_version": PROTOCOL_VERSION, "outputs": [tensor]}
     if request.id is not None:
         answer["id"] = request.id
+    if request.classification is not None:
+        return _v2_classified(model, request, outputs, answer)
     if not request.binary_output:
         tensor["data"] = outputs.ravel().tolist()
         return orjson.dumps(answer), None
