@@ -1,12 +1,14 @@
 """The error boundary: every exception that leaves a FastAPI route becomes a JSON answer here.
 
 Domain errors (`serve.errors`) carry their status in `HTTP_STATUS`; FastAPI's own errors (bad
-query parameters, unknown route or method) and bugs get the same `{"error", "code",
-"expected"}` shape. The fast path (`serve.fastpath`) answers its errors itself, the same way.
+query parameters, unknown route or method) get the same `{"error", "code", "expected"}` shape.
+The fast path (`serve.fastpath`) answers its errors itself, the same way. Bugs (any other
+exception) are answered by `serve.middleware`, around every route: a handler registered here
+for `Exception` would run in Starlette's outermost middleware, which re-raises after answering,
+and uvicorn then closes the client's connection.
 """
 from __future__ import annotations
 
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.errors import InvalidInput, ServeError, http_status
 from serve.responses import json_response
 
-log = logging.getLogger("serve.app")  # the server's own log, shared with serve.fastpath
 
 
 def error_response(error: ServeError) -> Response:
@@ -41,15 +42,7 @@ async def http_error(request: Request, error: StarletteHTTPException):
     return json_response(body, error.status_code, error.headers)
 
 
-async def unexpected_error(request: Request, error: Exception):
-    # A bug must still answer JSON and leave a trace with the request id.
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return json_response({"error": f"internal error ({type(error).__name__})",
-                          "code": "internal"}, 500)
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ServeError, serve_error)
     app.add_exception_handler(RequestValidationError, query_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)

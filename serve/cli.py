@@ -28,6 +28,11 @@ HELP = {
                "(prefer the environment variable: flags show in `ps`)",
     "max_body_bytes": "largest request body (larger: 413)",
     "max_request_rows": "most rows (texts, images, tensor rows) in one request (more: 413)",
+    "max_connections": "open connections per process; beyond it the longest-idle ones are "
+                       "closed (all busy: 503)",
+    "header_timeout_s": "seconds a client may take to send a request's head (then 408, closed)",
+    "body_timeout_s": "seconds a client may take to send a request's body (then 408, closed)",
+    "keep_alive_s": "seconds an idle keep-alive connection stays open",
     "cors_origins": "comma-separated browser origins allowed to call the API",
     "access_log": "log one JSON line per request (true/false)",
     "fast_path": "answer JSON /v1/classify in plain ASGI, past FastAPI's router (true/false)",
@@ -68,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(settings: Settings) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from serve.connection import ConnectionLimits, ServeConfig, raise_file_limit
     from serve.logs import setup_logging
 
     setup_logging(settings.log_level)
@@ -78,10 +85,20 @@ def serve(settings: Settings) -> None:
             "(set SERVE_API_KEY)", settings.host)
     # Worker processes rebuild the app from the environment: hand them the resolved settings.
     os.environ.update(settings.to_env())
-    uvicorn.run("serve.app:create_app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=settings.workers, log_config=None,
-                log_level=settings.log_level, access_log=False, loop="auto", http="auto",
-                timeout_graceful_shutdown=settings.graceful_timeout_s)
+    limits = ConnectionLimits.from_settings(settings)
+    raise_file_limit(limits)
+    # uvicorn.run, with the guarded protocol's config (uvicorn.run builds its own Config).
+    config = ServeConfig("serve.app:create_app_from_env", limits=limits, factory=True,
+                         host=settings.host, port=settings.port, workers=settings.workers,
+                         log_config=None, log_level=settings.log_level, access_log=False,
+                         loop="auto", timeout_graceful_shutdown=settings.graceful_timeout_s)
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        server.run()
+    if not server.started and config.workers == 1:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port is taken, the app failed to load
 
 
 def export(settings: Settings, out: Path, storage_uri: str) -> int:

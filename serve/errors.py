@@ -57,7 +57,8 @@ class Overloaded(ServeError):
     code = "overloaded"
 
     def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+        super().__init__(message, expected=f"a retry after {retry_after_s} s (Retry-After)",
+                         headers={"Retry-After": str(retry_after_s)})
 
 
 class BodyTooLarge(ServeError):

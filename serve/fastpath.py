@@ -14,8 +14,6 @@ metrics are identical; `SERVE_FAST_PATH=0` turns it off to compare.
 from __future__ import annotations
 
 import asyncio
-
-import logging
 import time
 from typing import NamedTuple
 from urllib.parse import parse_qsl
@@ -26,7 +24,6 @@ from serve import dataplane
 from serve.errors import ServeError, http_status
 from serve.middleware import send_json
 
-log = logging.getLogger("serve.app")
 
 PREFIX = "/v1/classify/"
 ROUTE_PATH = "/v1/classify/{task}"  # the FastAPI route this stands in for (metrics label)
@@ -82,11 +79,7 @@ class ClassifyFastPath:
             payload = await classify_json(self.repo, task, query, body)
         except ServeError as e:
             status, payload, headers = http_status(e), orjson.dumps(e.as_dict()), e.headers
-        except Exception as e:  # noqa: BLE001  the app boundary, as in serve.boundary
-            log.exception("unhandled error on POST %s", scope["path"])
-            status = 500
-            payload = orjson.dumps({"error": f"internal error ({type(e).__name__})",
-                                    "code": "internal"})
+        # Anything else (a bug) is answered by serve.middleware, the boundary around every route.
         await send_json(send, status, payload, headers)
 
     @staticmethod

@@ -15,6 +15,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from serve.connection import CLOSED, open_connections
+
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_STATES = ("loading", "ready", "failed")
@@ -119,6 +121,7 @@ class ServerMetrics:
                                       "HTTP requests being handled (this scrape included)")
         in_flight.add_metric([], self.in_flight)
         yield in_flight
+        yield from _connection_families()
         states = GaugeMetricFamily("tinyship_model_state", "1 for the state each model is in "
                                    "(loading, ready, failed)", labels=["model", "state"])
         for model, current in sorted(self.model_states.items()):
@@ -132,6 +135,19 @@ class ServerMetrics:
             info.add_metric([model, labels.get("variant", ""), labels.get("runtime", ""),
                              labels.get("provider", ""), labels.get("placement", "")], 1)
         yield info
+
+
+def _connection_families():
+    """The HTTP connection layer's own counts (serve.connection, per process)."""
+    current = GaugeMetricFamily("tinyship_connections_open", "Open HTTP connections")
+    current.add_metric([], open_connections())
+    yield current
+    closed = CounterMetricFamily("tinyship_connections_closed", "HTTP connections the server "
+                                 "closed, by reason (header_timeout, body_timeout, "
+                                 "evicted_idle, refused)", labels=["reason"])
+    for reason, n in sorted(CLOSED.items()):
+        closed.add_metric([reason], n)
+    yield closed
 
 
 def _histogram(name: str, documentation: str, labels: list[str], series: dict):

@@ -12,16 +12,30 @@ import time
 
 import orjson
 
+from serve.connection import BODY_TIMED_OUT
 from serve.errors import BodyTooLarge, ServeError, Unauthorized, http_status
 from serve.logs import request_id
 from serve.metrics import ServerMetrics
 
 log = logging.getLogger("serve.access")
+app_log = logging.getLogger("serve.app")  # the server's own log, as in serve.boundary
 
 # Paths that never need the API key: probes (a load balancer has no token) and static pages
 # that carry no model data (the demo page asks the user for the key and sends it itself).
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/docs", "/openapi.json"})
 MAX_REQUEST_ID = 128
+# Statuses recorded for requests that got no answer, as nginx logs them: the client closed the
+# connection (499), or stalled sending its body until the server closed it (408).
+CLIENT_GONE, CLIENT_TIMED_OUT = 499, 408
+# A refused body is read and dropped up to this many times the body limit before answering.
+DRAIN_FACTOR = 8
+
+
+class _Client:
+    __slots__ = ("gone",)
+
+    def __init__(self):
+        self.gone = False  # the client disconnected before the answer
 
 
 async def send_json(send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -41,6 +55,7 @@ class RequestContextMiddleware:
         self.known_models = frozenset(known_models)
         self.expected_auth = f"Bearer {api_key}".encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.drain_bytes = DRAIN_FACTOR * max_body_bytes
         self.access_log = access_log
         # Cheap unique ids: process id + counter (uuid4 costs more than the model).
         self._ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
@@ -60,7 +75,8 @@ class RequestContextMiddleware:
         rid = rid or next(self._ids)
         token = request_id.set(rid)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
-        status = 500
+        status = None
+        client = _Client()
 
         async def send_with_id(message):
             nonlocal status
@@ -75,10 +91,22 @@ class RequestContextMiddleware:
         try:
             error = self._refuse(scope, auth, length)
             if error is not None:
-                await self._send_error(send_with_id, error)
+                await self._refuse_after_draining(receive, send_with_id, error, length)
             else:
-                await self.app(scope, self._limited(receive), send_with_id)
+                await self.app(scope, self._limited(receive, client), send_with_id)
+        except Exception as e:  # noqa: BLE001  the one boundary for what the routes let through
+            if not client.gone:
+                # A bug: JSON with the request id, and the connection stays usable (an
+                # exception escaping to uvicorn would make it close the connection).
+                app_log.error("unhandled error on %s %s", scope["method"], scope["path"],
+                              exc_info=e)
+                if status is None:
+                    await send_json(send_with_id, 500, orjson.dumps(
+                        {"error": f"internal error ({type(e).__name__})", "code": "internal"}))
         finally:
+            if status is None:
+                # No answer went out: the client left, or stalled until the server gave up.
+                status = CLIENT_TIMED_OUT if scope.get(BODY_TIMED_OUT) else CLIENT_GONE
             self.metrics.in_flight -= 1
             self._record(scope, status, time.perf_counter() - start, rid)
             request_id.reset(token)
@@ -105,8 +133,10 @@ class RequestContextMiddleware:
                             expected=f"at most {self.max_body_bytes:,} bytes "
                             "(SERVE_MAX_BODY_BYTES / --max-body-bytes)")
 
-    def _limited(self, receive):
-        """Count streamed (chunked) bodies too; the route's body read raises BodyTooLarge."""
+    def _limited(self, receive, client: "_Client"):
+        """Count streamed (chunked) bodies too: past the limit, drain what may still come (so
+        the client reads the 413 instead of a reset) and raise BodyTooLarge to the route's
+        body read. Notes a disconnect, whatever the route then does with it."""
         received = 0
 
         async def limited_receive():
@@ -115,9 +145,41 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise self._too_large(received)
+                    error = self._too_large(received)
+                    if message.get("more_body", False) and not await self._drain(receive,
+                                                                                  received):
+                        error.headers["Connection"] = "close"
+                    raise error
+            elif message["type"] == "http.disconnect":
+                client.gone = True
             return message
         return limited_receive
+
+    async def _drain(self, receive, received: int = 0) -> bool:
+        """Read and drop the rest of a refused body, up to `drain_bytes`; False if more remains
+        (the answer then closes the connection). The protocol's body timeout bounds the time."""
+        while received <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
+
+    async def _refuse_after_draining(self, receive, send, error: ServeError,
+                                     length: bytes | None) -> None:
+        """Answer a refused request once its body is read (up to a bound): a client that sends
+        its whole body before reading (urllib, and any client with `Connection: close`) would
+        otherwise see the connection reset instead of the answer. A body announced beyond the
+        bound is not read at all."""
+        if length is not None and length.isdigit() and int(length) > self.drain_bytes:
+            drained = False
+        else:
+            drained = await self._drain(receive)
+        if not drained:
+            error.headers = {**error.headers, "Connection": "close"}
+        await self._send_error(send, error)
 
     @staticmethod
     async def _send_error(send, error: ServeError) -> None:

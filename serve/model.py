@@ -210,8 +210,8 @@ class ServedModel:
             self._load()
         except (ArtifactError, OSError, ValueError, KeyError, *ort_errors()) as e:
             # A broken artifact of any kind: checksum, manifest, vocabulary, unreadable ONNX.
-            self.state, self.error = ModelState.FAILED, f"{type(e).__name__}: {e}"
-            log.error("model %s failed to load: %s", self.name, self.error)
+            log.error("model %s failed to load: %s: %s", self.name, type(e).__name__, e)
+            self.state, self.error = ModelState.FAILED, self._public_reason(e)
             return self
         self.load_seconds = time.perf_counter() - start
         self.state = ModelState.READY
@@ -219,6 +219,17 @@ class ServedModel:
                  self.variant.name, self.runtime, self.provider, self.placement,
                  self.load_seconds)
         return self
+
+    def _public_reason(self, error: Exception) -> str:
+        """Why loading failed, as clients may read it (/v1/models, 503 answers): file paths
+        relative to the artifact root, and a runtime's own message only in the server log."""
+        if isinstance(error, ort_errors()):
+            return (f"{type(error).__name__}: the runtime could not load the model file "
+                    "(see the server log)")
+        text = f"{type(error).__name__}: {error}"
+        for root in {str(self.artifacts.resolve()), str(self.artifacts)}:
+            text = text.replace(root + os.sep, "").replace(root, "<artifacts>")
+        return text
 
     @property
     def placement(self) -> str | None:
@@ -299,7 +310,10 @@ class ServedModel:
         try:
             return self._backend.predict(self.input.name, x)
         except (ValueError, *self._backend.errors) as e:
-            raise InferenceFailed(f"model {self.name!r} failed on a batch of {len(x)}: {e}") from e
+            log.error("model %s failed on a batch of %d: %s: %s", self.name, len(x),
+                      type(e).__name__, e)
+            raise InferenceFailed(f"model {self.name!r} failed on a batch of {len(x)} "
+                                  "(see the server log)") from e
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """(N, C) class probabilities: a sigmoid column p(positive) becomes [1 - p, p]."""

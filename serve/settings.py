@@ -34,6 +34,14 @@ class Settings:
     # Rows (texts, images, tensors' first dimension) one request may carry; more get 413 before
     # any preprocessing: 1,000,000 short texts fit the body limit and once held the server 10 s.
     max_request_rows: int = 256
+    # Connection hygiene (serve.connection): a cap on open connections per process (the
+    # longest-idle are closed beyond it), and how long a request's head, its body and an idle
+    # keep-alive connection may take. Slow or stalled clients then cost a bounded number of
+    # file descriptors for a bounded time.
+    max_connections: int = 4096
+    header_timeout_s: int = 10
+    body_timeout_s: int = 30
+    keep_alive_s: int = 5
     cors_origins: tuple[str, ...] = ()     # browser origins allowed to call the API
     access_log: bool = False         # one JSON line per request (costs ~10% throughput)
     fast_path: bool = True           # JSON /v1/classify in plain ASGI, past FastAPI's router
@@ -43,7 +51,8 @@ class Settings:
 
     def __post_init__(self):
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes",
-                    "max_request_rows", "graceful_timeout_s")
+                    "max_request_rows", "graceful_timeout_s", "max_connections",
+                    "header_timeout_s", "body_timeout_s", "keep_alive_s")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be >= 1, got {getattr(self, name)}")

@@ -1,0 +1,217 @@
+"""The HTTP connection layer: uvicorn's httptools protocol with the limits a public server needs.
+
+uvicorn times out only idle keep-alive connections: a client that opens connections and never
+finishes its headers, or sends a Content-Length larger than its body, holds a connection (and
+a file descriptor) for ever, and enough of them lock every other client out, health probes
+included. `GuardedHttpProtocol` adds, per connection, what nginx calls client_header_timeout
+and client_body_timeout, and a cap on open connections that closes the longest-idle ones
+first (an idle keep-alive connection costs its client one reconnect; refusing a new one costs
+a request). Everything it answers itself is JSON like the app's errors.
+
+Timers are one `call_later` per request head and body (about a microsecond each): the hot path
+pays nothing else. `ServeConfig` is uvicorn's Config with these limits attached, so worker
+processes (spawned with a pickled config) get them too.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import weakref
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("serve.connection")
+
+# Set on the request's ASGI scope when the protocol gave up waiting for the body, so the
+# request middleware records 408 (not a client disconnect) for the request it was serving.
+BODY_TIMED_OUT = "tinyship.body_timed_out"
+
+# Why connections were closed by the server, for /metrics (serve.metrics reads it at scrape time).
+CLOSED: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 4096   # open connections per process; the longest-idle are closed beyond
+    header_timeout_s: float = 10  # from connection (or first byte of a request) to its full head
+    body_timeout_s: float = 30    # from the head to the last byte of the body
+    keep_alive_s: float = 5       # idle time between requests on one connection
+
+    @classmethod
+    def from_settings(cls, settings) -> "ConnectionLimits":
+        return cls(max_connections=settings.max_connections,
+                   header_timeout_s=settings.header_timeout_s,
+                   body_timeout_s=settings.body_timeout_s,
+                   keep_alive_s=settings.keep_alive_s)
+
+
+class ServeConfig(uvicorn.Config):
+    """uvicorn's Config, serving with `GuardedHttpProtocol` under `limits`."""
+
+    def __init__(self, app, *, limits: ConnectionLimits, **kwargs):
+        super().__init__(app, http=GuardedHttpProtocol, timeout_keep_alive=limits.keep_alive_s,
+                         **kwargs)
+        self.limits = limits
+
+
+def raise_file_limit(limits: ConnectionLimits, spare: int = 256) -> None:
+    """Let the process hold max_connections sockets plus `spare` other files (models, logs,
+    ORT's threads), up to the hard limit; say so when the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = limits.max_connections + spare
+    if hard != resource.RLIM_INFINITY and want > hard:
+        log.warning("max_connections %d needs %d file descriptors but the hard limit is %d: "
+                    "connections beyond it are refused by the kernel", limits.max_connections,
+                    want, hard)
+        want = hard
+    if soft != resource.RLIM_INFINITY and want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _response(status: int, reason: str, error: str, code: str, expected: str | None = None,
+              extra: bytes = b"") -> bytes:
+    body = {"error": error, "code": code}
+    if expected:
+        body["expected"] = expected
+    payload = orjson.dumps(body)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n%s\r\n" % (status, reason.encode(), len(payload), extra)
+            + payload)
+
+
+BAD_HTTP = _response(400, "Bad Request", "the request is not valid HTTP/1.1", "bad_http",
+                     "an HTTP/1.1 request line, headers and a body matching Content-Length")
+HEADER_TIMEOUT = _response(408, "Request Timeout", "the request head did not arrive in time",
+                           "request_timeout", "the full request head within "
+                           "SERVE_HEADER_TIMEOUT_S seconds")
+BODY_TIMEOUT = _response(408, "Request Timeout", "the request body did not arrive in time",
+                         "request_timeout", "the body announced by Content-Length within "
+                         "SERVE_BODY_TIMEOUT_S seconds of the request head")
+TOO_MANY_CONNECTIONS = _response(503, "Service Unavailable", "the server has too many open "
+                                 "connections, all busy", "too_many_connections",
+                                 "retry shortly", b"retry-after: 1\r\n")
+
+
+class _Idle:
+    """A server's idle connections, longest idle first (dict order = time they became idle)."""
+
+    def __init__(self):
+        self.connections: OrderedDict[int, GuardedHttpProtocol] = OrderedDict()
+
+    def add(self, protocol: "GuardedHttpProtocol") -> None:
+        self.connections.pop(id(protocol), None)
+        self.connections[id(protocol)] = protocol
+
+    def discard(self, protocol: "GuardedHttpProtocol") -> None:
+        self.connections.pop(id(protocol), None)
+
+    def close_oldest(self) -> bool:
+        while self.connections:
+            _, protocol = self.connections.popitem(last=False)
+            if not protocol.transport.is_closing():
+                protocol.transport.close()
+                CLOSED["evicted_idle"] += 1
+                return True
+        return False
+
+
+_IDLE: "weakref.WeakKeyDictionary[object, _Idle]" = weakref.WeakKeyDictionary()
+
+
+def open_connections() -> int:
+    """Open connections of every server in this process (uvicorn's ServerState keeps them)."""
+    return sum(len(state.connections) for state in list(_IDLE))
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: ConnectionLimits = getattr(config, "limits", None) or ConnectionLimits()
+        self.idle = _IDLE.setdefault(server_state, _Idle())
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_head = False  # between a request's first byte and the end of its headers
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self.idle.close_oldest():
+            CLOSED["refused"] += 1
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self.idle.add(self)
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc) -> None:
+        self.idle.discard(self)
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer is plain text quoting the parser; clients of this server get JSON.
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(BAD_HTTP)
+            self.transport.close()
+
+    # -- request head and body -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.idle.discard(self)
+        self._in_head = True
+        if self._deadline is None:  # a keep-alive connection's next request
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._in_head = False
+        super().on_headers_complete()
+        # Disarmed again in on_message_complete, which follows at once when there is no body.
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self.idle.add(self)
+
+    # -- timers ----------------------------------------------------------------------------
+    def _arm(self, seconds: float, callback) -> None:
+        self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        # A connection that never started a request is closed silently (a pooled client may
+        # reuse it and must not read an answer to a request it never sent).
+        CLOSED["header_timeout"] += 1
+        if self._in_head:
+            self.transport.write(HEADER_TIMEOUT)
+        self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        CLOSED["body_timeout"] += 1
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            # The app is waiting for the body; it reads a disconnect once the transport closes
+            # and whatever it sends then is dropped by uvicorn.
+            cycle.scope[BODY_TIMED_OUT] = True
+            self.transport.write(BODY_TIMEOUT)
+        self.transport.close()
