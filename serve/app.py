@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
         app.add_middleware(ClassifyFastPath, repository=repo)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), **CORS)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, known_models=repo.models,
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, known_models=repo.names,
                        api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log, activity=repo.activity)
     return app
@@ -91,6 +91,8 @@ def _lifespan(repo: ModelRepository, load_models: bool):
         # this heap takes tens of milliseconds, which would otherwise land in the p99.
         gc.collect()
         gc.freeze()
+        # Then reload what changes on disk (selected.json, versions.json) until shutdown.
+        await repo.watch()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -39,6 +39,8 @@ HELP = {
     "opentelemetry": "FastAPI's native OpenTelemetry through the global providers (true/false)",
     "log_level": "debug, info, warning or error",
     "graceful_timeout_s": "seconds to finish in-flight requests after SIGTERM",
+    "repository_poll_s": "seconds between checks of each task's selected.json and "
+                         "versions.json; a change is loaded and swapped in (0: never)",
 }
 
 

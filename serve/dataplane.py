@@ -7,7 +7,8 @@ Three request formats reach the same model:
   human labels;
 - the Open Inference Protocol / KServe V2 (`/v2/models/{name}/infer`), JSON or with the
   binary tensor data extension: the model's own input tensor in, its output tensor out;
-- TensorFlow Serving's REST predict (`/v1/models/{name}:predict`), `instances` or `inputs`.
+- TensorFlow Serving's REST API (`/v1/models/{name}[/versions/{n}|/labels/{l}]`): `:predict`
+  (`instances` or `inputs`), `:classify` (`examples`), status and metadata.
 
 JSON is parsed once with orjson and converted to numpy in one call; there is no per-number
 validation object. Every malformed request raises a `serve.errors` error saying what was
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from serve.errors import InvalidInput, InvalidJSON, UnknownModel
+from serve.errors import InvalidInput, InvalidJSON
 from serve.images import INVERT_CHOICES, decode_image
 from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
 from core.preprocessing import PreprocessingError
@@ -35,7 +36,6 @@ MAX_K = 1000
 # FP32 is 2M values), and small enough that a shape's product never reaches an allocation.
 MAX_TENSOR_VALUES = 1 << 28
 MAX_TEXT_CHARS = 100_000  # the longest IMDB review has ~14k characters
-PROTOCOL_VERSION = "1"    # the one model version each task exposes in V2 / TF Serving
 
 
 def parse_json(body: bytes) -> dict:
@@ -260,12 +260,6 @@ def classify_answer(model: ServedModel, probabilities: np.ndarray, k: int, singl
 
 
 # -- Open Inference Protocol (KServe V2) -------------------------------------------------
-class UnknownVersion(UnknownModel):
-    def __init__(self, name: str, version: str):
-        super().__init__(f"model {name!r} has no version {version!r}",
-                         expected=f"version {PROTOCOL_VERSION!r} (or no version in the path)")
-
-
 @dataclass(frozen=True)
 class V2Request:
     inputs: np.ndarray
@@ -274,8 +268,10 @@ class V2Request:
     classification: int | None = None  # top k labels instead of the output tensor
 
 
-def v2_model_metadata(model: ServedModel) -> dict:
-    return {"name": model.name, "versions": [PROTOCOL_VERSION], "platform": model.platform,
+def v2_model_metadata(model: ServedModel, versions: list[ServedModel]) -> dict:
+    """Metadata of one version of a model; `versions`: all of its versions (ModelRepository)."""
+    return {"name": model.name, "versions": [m.version for m in versions],
+            "platform": model.platform,
             "inputs": [model.input.as_dict()], "outputs": [model.output.as_dict()]}
 
 
@@ -422,7 +418,7 @@ def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tu
     outputs = np.ascontiguousarray(outputs, dtype=np.float32)
     tensor = {"name": model.output.name, "datatype": V2_DATATYPES[outputs.dtype],
               "shape": list(outputs.shape)}
-    answer = {"model_name": model.name, "model_version": PROTOCOL_VERSION, "outputs": [tensor]}
+    answer = {"model_name": model.name, "model_version": model.version, "outputs": [tensor]}
     if request.id is not None:
         answer["id"] = request.id
     if request.classification is not None:
@@ -437,12 +433,24 @@ def v2_encode(model: ServedModel, request: V2Request, outputs: np.ndarray) -> tu
 
 
 # -- TensorFlow Serving REST -------------------------------------------------------------
+TFS_SIGNATURE = "serving_default"  # the one signature each model has
+# numpy dtype -> TensorFlow's DataType name, as TF Serving's metadata spells it.
+TF_DATATYPES = {np.dtype(np.float32): "DT_FLOAT", np.dtype(np.float64): "DT_DOUBLE",
+                np.dtype(np.float16): "DT_HALF", np.dtype(np.int32): "DT_INT32",
+                np.dtype(np.int64): "DT_INT64", np.dtype(np.uint8): "DT_UINT8"}
+
+
+def _tfserving_doc(body: bytes) -> dict:
+    doc = parse_json(body)
+    signature = doc.get("signature_name", TFS_SIGNATURE)
+    if signature != TFS_SIGNATURE:
+        raise InvalidInput(f"unknown signature_name {signature!r}", expected=TFS_SIGNATURE)
+    return doc
+
+
 def tfserving_decode(model: ServedModel, body: bytes) -> tuple[np.ndarray, str]:
     """`{"instances": [...]}` (row format) or `{"inputs": ...}` (columnar) -> (inputs, key)."""
-    doc = parse_json(body)
-    signature = doc.get("signature_name", "serving_default")
-    if signature != "serving_default":
-        raise InvalidInput(f"unknown signature_name {signature!r}", expected="serving_default")
+    doc = _tfserving_doc(body)
     name = model.input.name
     if "instances" in doc and "inputs" in doc:
         raise InvalidInput("the request has both instances and inputs",
@@ -476,9 +484,70 @@ def _named(value, name: str):
     return value[name]
 
 
-def tfserving_status(model: ServedModel) -> dict:
-    state = "AVAILABLE" if model.ready else ("LOADING" if model.error is None else "END")
-    status = {"error_code": "OK" if model.error is None else "UNKNOWN",
-              "error_message": model.error or ""}
-    return {"model_version_status": [{"version": PROTOCOL_VERSION, "state": state,
-                                      "status": status}]}
+def tfserving_classify_decode(model: ServedModel, body: bytes) -> np.ndarray:
+    """`:classify`'s `{"examples": [{"<input>": [...]}, ...], "context": {...}}` -> inputs.
+
+    Each example holds the model's one input as a feature: a flat list of values (a
+    tf.Example feature is a flat list) or the nested example; `context` features are shared
+    by every example and may not appear in them, as in TF Serving."""
+    doc = _tfserving_doc(body)
+    name = model.input.name
+    form = f'{{"examples": [{{"{name}": [<values>]}}, ...]}}'
+    examples, context = doc.get("examples"), doc.get("context") or {}
+    if not isinstance(examples, list) or not examples:
+        raise InvalidInput("examples must be a non-empty list", expected=form)
+    if not isinstance(context, dict):
+        raise InvalidInput(f"context is a JSON {type(context).__name__}",
+                           expected="an object of features shared by every example")
+    model.check_rows(len(examples), "examples")
+    rows = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise InvalidInput(f"examples[{i}] is a JSON {type(example).__name__}", expected=form)
+        shared = sorted(set(example) & set(context))
+        if shared:
+            raise InvalidInput(f"examples[{i}] repeats context feature {shared[0]!r}",
+                               expected="each feature either in context or in the examples")
+        rows.append(_named({**context, **example}, name))
+    arr = _numeric_array(rows, "examples")
+    example_shape = model.input.shape[1:]
+    if arr.ndim == 2 and arr.shape[1] == math.prod(example_shape) and len(example_shape) > 1:
+        arr = arr.reshape(len(rows), *example_shape)
+    if model.input.dtype.kind in "iu" and arr.dtype.kind == "f":
+        raise InvalidInput("the examples hold fractional numbers", expected="integer token ids")
+    return model.check_tensor(_cast_exact(arr, model.input.dtype, "examples"))
+
+
+def tfserving_classify_encode(model: ServedModel, probabilities: np.ndarray) -> bytes:
+    """`{"results": [[[label, score], ...] per example]}`: every class in class order, as TF
+    Serving's classify answers (the key its server writes)."""
+    labels = model.labels
+    return orjson.dumps({"results": [[[labels[c], p] for c, p in enumerate(row)]
+                                     for row in probabilities.tolist()]})
+
+
+def tfserving_status(models: list[ServedModel]) -> dict:
+    """GetModelStatusResponse for the given versions of a model."""
+    def version_status(model: ServedModel) -> dict:
+        state = "AVAILABLE" if model.ready else ("LOADING" if model.error is None else "END")
+        return {"version": model.version, "state": state,
+                "status": {"error_code": "OK" if model.error is None else "UNKNOWN",
+                           "error_message": model.error or ""}}
+    return {"model_version_status": [version_status(m) for m in models]}
+
+
+def tfserving_metadata(model: ServedModel) -> dict:
+    """GetModelMetadataResponse: model_spec and the serving_default signature_def, dtypes as
+    DT_ names and dimensions as tensor_shape dims (sizes as strings, as proto3 JSON writes
+    int64; -1: any batch size)."""
+    def tensor(spec) -> dict:
+        return {"dtype": TF_DATATYPES[spec.dtype], "name": spec.name,
+                "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape],
+                                 "unknown_rank": False}}
+    signature = {"inputs": {model.input.name: tensor(model.input)},
+                 "outputs": {model.output.name: tensor(model.output)},
+                 "method_name": "tensorflow/serving/predict", "defaults": {}}
+    return {"model_spec": {"name": model.name, "signature_name": "", "version": model.version},
+            "metadata": {"signature_def": {
+                "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+                "signature_def": {TFS_SIGNATURE: signature}}}}

@@ -156,10 +156,13 @@ def text_onnx(vocab_size: int, max_length: int, dim: int = 16, seed: int = 0) ->
 IMAGE_BUILDERS = {"mlp": image_mlp_onnx, "cnn": image_cnn_onnx, "mobilenet": image_mobilenet_onnx}
 
 
-def write_image_variant(root: Path, task: str, image_model: str = "mlp", seed: int = 0) -> str:
+def write_image_variant(root: Path, task: str, image_model: str = "mlp", seed: int = 0,
+                        name: str | None = None, select: bool = True) -> str:
+    """A variant `name` (default fixture_<image_model>), selected unless `select` is false (a
+    second version to serve beside the selected one, or to switch the selection to)."""
     labels = list(get_task(task).labels)
     build = IMAGE_BUILDERS[image_model]
-    name = f"fixture_{image_model}"
+    name = name or f"fixture_{image_model}"
     with create_variant(root, task=task, model=name, variant=name,
                         lineage={"parent": None, "technique": "fixture",
                                  "params": {"builder": build.__name__, "seed": seed}},
@@ -168,7 +171,8 @@ def write_image_variant(root: Path, task: str, image_model: str = "mlp", seed: i
                         preprocessing=ImagePreprocessor().to_config(), labels=labels,
                         metrics={"data_source": "none (random weights)"}) as v:
         v.path("model.onnx").write_bytes(build(len(labels), seed=seed))
-    select_variant(root, task, name, reason={"why": "test fixture"})
+    if select:
+        select_variant(root, task, name, reason={"why": "test fixture"})
     return name
 
 

@@ -19,7 +19,7 @@ from serve.connection import CLOSED, open_connections
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MODEL_STATES = ("loading", "ready", "failed")
+MODEL_STATES = ("loading", "ready", "failed", "unloaded")
 
 
 class Histogram:
@@ -59,6 +59,9 @@ class ServerMetrics:
 
     def __init__(self):
         self.requests: collections.Counter = collections.Counter()  # (model, route, status)
+        # (model, version, variant): inferences each version served, which makes an A/B split
+        # and a rollout visible (serve.repository counts them).
+        self.version_requests: collections.Counter = collections.Counter()
         self.latency = _LabelledHistograms(LATENCY_BUCKETS)        # (model, route)
         self.queue_time = _LabelledHistograms(LATENCY_BUCKETS)     # (model,)
         self.inference = _LabelledHistograms(LATENCY_BUCKETS)      # (model,)
@@ -102,6 +105,12 @@ class ServerMetrics:
         for (model, route, status), n in sorted(self.requests.items()):
             requests.add_metric([model, route, str(status)], n)
         yield requests
+        served = CounterMetricFamily("tinyship_version_requests", "Inference requests served "
+                                     "by each model version (variant: what it ran)",
+                                     labels=["model", "version", "variant"])
+        for key, n in sorted(self.version_requests.items()):
+            served.add_metric(list(key), n)
+        yield served
         yield _histogram("tinyship_request_duration_seconds",
                          "Time from request start to the last response byte",
                          ["model", "route"], self.latency)
@@ -123,7 +132,7 @@ class ServerMetrics:
         yield in_flight
         yield from _connection_families()
         states = GaugeMetricFamily("tinyship_model_state", "1 for the state each model is in "
-                                   "(loading, ready, failed)", labels=["model", "state"])
+                                   "(loading, ready, failed, unloaded)", labels=["model", "state"])
         for model, current in sorted(self.model_states.items()):
             for state in MODEL_STATES:
                 states.add_metric([model, state], 1 if state == current else 0)

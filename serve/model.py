@@ -170,11 +170,19 @@ def choose_placement(requested: tuple[str, ...], usable: tuple[str, ...], cpu_ru
 
 
 class ServedModel:
-    """Load/ready/predict for one task, in the KServe model-class shape."""
+    """Load/ready/predict for one version of a task, in the KServe model-class shape.
+
+    `variant_name` None serves the task's selection (selected.json, with its CPU/GPU
+    placements); a name serves that variant on the first runtime it has a model file for
+    (ONNX Runtime before LiteRT), on the providers asked for. `version` is the number the
+    standard protocols expose it under (serve.repository numbers a task's versions)."""
 
     def __init__(self, task: str, artifacts: Path, providers=("cuda", "cpu"), threads: int = 1,
-                 warmup_batch_sizes: tuple[int, ...] = (1,), max_rows: int = 256):
+                 warmup_batch_sizes: tuple[int, ...] = (1,), max_rows: int = 256,
+                 variant_name: str | None = None, version: str = "1"):
         self.name = task
+        self.version = version
+        self.variant_name = variant_name
         self.max_rows = max_rows  # rows one request may carry (Settings.max_request_rows)
         self.artifacts = Path(artifacts)
         self.providers = tuple(providers)
@@ -203,6 +211,11 @@ class ServedModel:
         return self.variant.manifest.preprocessing_type if self.variant else "unknown"
 
     # -- loading ---------------------------------------------------------------------------
+    def fail(self, error: str) -> "ServedModel":
+        """Mark the model failed without loading it (its declaration is unusable)."""
+        self.state, self.error = ModelState.FAILED, error
+        return self
+
     def load(self) -> "ServedModel":
         """Load and warm up; never raises for a broken artifact (state FAILED + error instead)."""
         start = time.perf_counter()
@@ -242,7 +255,15 @@ class ServedModel:
     def platform(self) -> str:
         return self._backend.platform if self._backend else "unknown"
 
-    def _load(self) -> None:
+    def _where(self) -> tuple[Variant, str, tuple[str, ...]]:
+        """(variant, runtime, providers) to load: the selection's placement, or the named variant."""
+        if self.variant_name is not None:
+            variant = find_variant(self.artifacts, self.name, self.variant_name, verify=True)
+            runtimes = [r for r, b in BACKENDS.items() if variant.has_file(b.model_file)]
+            if not runtimes:
+                raise ArtifactError(f"{self.name}/{variant.name} has none of the model files "
+                                    f"serve runs ({', '.join(MODEL_FILES[r] for r in BACKENDS)})")
+            return variant, runtimes[0], self.providers
         where = choose_placement(self.providers, usable_providers(),
                                  selected_runtime(self.artifacts, self.name),
                                  selected_placements(self.artifacts, self.name))
@@ -250,12 +271,15 @@ class ServedModel:
             _warn_once(where.note)
         variant = (find_variant(self.artifacts, self.name, where.variant, verify=True)
                    if where.variant else selected_variant(self.artifacts, self.name, verify=True))
-        runtime = where.runtime
+        return variant, where.runtime, where.providers
+
+    def _load(self) -> None:
+        variant, runtime, providers = self._where()
         if runtime not in BACKENDS:
             raise ArtifactError(f"{self.artifacts / self.name}/selected.json: runtime "
                                 f"{runtime!r}; serve runs {', '.join(BACKENDS)}")
         preprocess = variant.preprocessor()
-        backend = BACKENDS[runtime](variant, where.providers, self.threads)
+        backend = BACKENDS[runtime](variant, providers, self.threads)
         spec, output = variant.input, variant.output
         shape = tuple(-1 if d is None else d for d in spec.shape)
         self.variant, self.preprocess, self._backend = variant, preprocess, backend
@@ -285,7 +309,7 @@ class ServedModel:
         return -np.inf, np.inf
 
     def describe(self) -> dict:
-        out = {"name": self.name, "state": self.state.value}
+        out = {"name": self.name, "version": self.version, "state": self.state.value}
         if self.error:
             out["error"] = self.error
         if self.variant is not None:

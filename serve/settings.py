@@ -48,6 +48,9 @@ class Settings:
     opentelemetry: bool = False      # FastAPI's native OpenTelemetry (global providers)
     log_level: str = "info"
     graceful_timeout_s: int = 20     # on SIGTERM: stop accepting, finish in-flight, then exit
+    # Seconds between looks at each task's selected.json / versions.json; a change loads the
+    # new versions beside the old ones and swaps them in (serve.repository). 0: never.
+    repository_poll_s: float = 2.0
 
     def __post_init__(self):
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes",
@@ -56,7 +59,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("threads", "max_queue_delay_us"):
+        for name in ("threads", "max_queue_delay_us", "repository_poll_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -117,6 +120,8 @@ def parse_value(name: str, text: str):
             return text.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(text)
+        if isinstance(default, float):
+            return float(text)
         if isinstance(default, tuple):
             return tuple(p.strip() for p in text.split(",") if p.strip())
         if isinstance(default, Path):

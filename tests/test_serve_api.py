@@ -210,7 +210,7 @@ def test_unknown_route_and_method_are_json(client):
 
 # -- Open Inference Protocol -----------------------------------------------------------------
 def test_v2_server_health_and_model_metadata(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert {"binary_tensor_data", "model_repository"} <= set(client.get("/v2").json()["extensions"])
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get("/v2/models/fashion_mnist").json()
@@ -418,7 +418,14 @@ def test_protocol_routes_sit_flat_in_the_app_in_matching_order(client):
         ("/v2/models/{name}/versions/{version}/ready", "GET"), ("/v2/models/{name}/ready", "GET"),
         ("/v2/models/{name}/versions/{version}/infer", "POST"),
         ("/v2/models/{name}/infer", "POST"),
-        ("/v1/models/{name}", "GET"), ("/v1/models/{name}:predict", "POST"), ("/metrics", "GET")]
+        ("/v2/repository/index", "POST"), ("/v2/repository/models/{name}/load", "POST"),
+        ("/v2/repository/models/{name}/unload", "POST"),
+        *[(base + suffix, method) for method, suffix in
+          (("GET", ""), ("GET", "/metadata"), ("POST", ":predict"), ("POST", ":classify"),
+           ("POST", ":regress"))
+          for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}",
+                       "/v1/models/{name}/labels/{label}")],
+        ("/metrics", "GET")]
 
 
 def test_body_limit_answers_413(artifacts):

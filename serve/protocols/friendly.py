@@ -50,7 +50,7 @@ def router(repo: ModelRepository) -> APIRouter:
     @r.get("/v1/models", tags=["friendly"], summary="Every model: state, variant, labels",
            responses=docs.MODELS_RESPONSES)
     async def list_models():
-        return json_response({"models": [m.describe() for m in repo.models.values()]})
+        return json_response({"models": repo.describe()})
 
     return r
 
