@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=Path("model_repository"))
     export.add_argument("--storage-uri", default="gs://YOUR-BUCKET/model_repository",
                         help="where the repository will live, for the KServe example")
+    export.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
+                        help="Triton instance group kind (gpu: the selection's GPU placement "
+                             "on KIND_GPU instances)")
+    export.add_argument("--instance-count", type=int, default=1,
+                        help="model instances Triton runs (per GPU for gpu)")
+    export.add_argument("--runtime-version", default=None,
+                        help="Triton release (NGC tag) of the KServe example's runtime")
     # SUPPRESS: a flag given before the subcommand must not be reset by the subparser.
     _settings_parser(export, default=argparse.SUPPRESS)
     return parser
@@ -103,13 +110,19 @@ def serve(settings: Settings) -> None:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port is taken, the app failed to load
 
 
-def export(settings: Settings, out: Path, storage_uri: str) -> int:
-    from serve.triton_export import export_triton
+def export(settings: Settings, args: argparse.Namespace) -> int:
+    from serve.triton_export import TRITON_RUNTIME_VERSION, export_triton
 
-    exported, skipped = export_triton(settings.artifacts, out,
-                                      max_batch_size=settings.max_batch_size,
-                                      max_queue_delay_us=settings.max_queue_delay_us,
-                                      storage_uri=storage_uri)
+    if args.instance_count < 1:
+        print(f"error: --instance-count must be >= 1, got {args.instance_count}", file=sys.stderr)
+        return 2
+    out = args.out
+    exported, skipped = export_triton(settings.artifacts, out, settings,
+                                      instance_kind=args.instance_kind,
+                                      instance_count=args.instance_count,
+                                      storage_uri=args.storage_uri,
+                                      runtime_version=args.runtime_version
+                                      or TRITON_RUNTIME_VERSION)
     for m in exported:
         print(f"{m.task}: variant {m.variant} -> {m.directory}")
     for task, why in skipped.items():
@@ -126,6 +139,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "export-triton":
-        return export(settings, args.out, args.storage_uri)
+        return export(settings, args)
     serve(settings)
     return 0

@@ -117,20 +117,26 @@ def test_export_triton_writes_a_repository_triton_can_parse(artifacts, tmp_path)
         config = text_format.Parse((out / task / "config.pbtxt").read_text(),
                                    model_config_pb2.ModelConfig())
         assert config.name == task and config.platform == "onnxruntime_onnx"
-        assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 500
+        # serve's per-request row limit: a request serve accepts, Triton accepts.
+        assert config.max_batch_size == Settings().max_request_rows
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
         assert model_config_pb2.DataType.Name(config.input[0].data_type) == dtype
         assert list(config.input[0].dims) == dims and list(config.output[0].dims) == [width]
         variant = selected_variant(artifacts, task)
         assert (out / task / "1" / "model.onnx").read_bytes() == variant.file("model.onnx").read_bytes()
-        assert (out / task / "labels.txt").read_text().split("\n")[:len(variant.labels)] == variant.labels
-    assert "kind: InferenceService" in (out / "kserve-inferenceservice.yaml").read_text()
+        # One label per output column: imdb's one sigmoid column is p(positive).
+        assert (out / task / "labels.txt").read_text().splitlines() == (
+            variant.labels if width > 1 else variant.labels[1:])
+    kserve = (out / "kserve-inferenceservice.yaml").read_text()
+    assert "kind: InferenceService" in kserve and "name: triton" in kserve
 
 
-def test_triton_config_says_which_runtime_settings_triton_cannot_apply():
+def test_triton_config_carries_the_variants_runtime_settings():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from serve.triton_export import triton_config
+    from serve.triton_config import model_config
+    from serve.triton_export import config_pbtxt
 
     from core.manifest import InputSpec, Lineage, Manifest, OutputSpec
 
@@ -140,10 +146,12 @@ def test_triton_config_says_which_runtime_settings_triton_cannot_apply():
         output=OutputSpec("probs", 3, "softmax"), preprocessing={"type": "image"},
         labels=tuple("abc"),
         runtime={"onnxruntime": {"disabled_optimizers": ["QDQPropagationTransformer"]}})
-    text = triton_config("fashion_mnist", manifest, 32, 500)
-    assert "disabled_optimizers=['QDQPropagationTransformer']" in text
+    text = config_pbtxt(model_config(manifest, Settings(), name="fashion_mnist"), manifest.variant)
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.name == "fashion_mnist" and list(config.output[0].dims) == [3]
+    # Under ONNX Runtime's own session option key (semicolon-separated, as ORT reads it).
+    assert config.parameters["optimization.disable_specified_optimizers"].string_value == \
+        "QDQPropagationTransformer"
 
 
 def test_cli_serves_and_shuts_down_gracefully(artifacts):
