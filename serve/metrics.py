@@ -60,8 +60,11 @@ class ServerMetrics:
     def __init__(self):
         self.requests: collections.Counter = collections.Counter()  # (model, route, status)
         # (model, version, variant): inferences each version served, which makes an A/B split
-        # and a rollout visible (serve.repository counts them).
+        # and a rollout visible. The versions in service count on their own (an attribute
+        # increment per request, cheaper than this Counter) and report through
+        # version_requests_source; the counts of retired versions are added here.
         self.version_requests: collections.Counter = collections.Counter()
+        self.version_requests_source = None  # callable -> {(model, version, variant): n}
         self.latency = _LabelledHistograms(LATENCY_BUCKETS)        # (model, route)
         self.queue_time = _LabelledHistograms(LATENCY_BUCKETS)     # (model,)
         self.inference = _LabelledHistograms(LATENCY_BUCKETS)      # (model,)
@@ -108,7 +111,9 @@ class ServerMetrics:
         served = CounterMetricFamily("tinyship_version_requests", "Inference requests served "
                                      "by each model version (variant: what it ran)",
                                      labels=["model", "version", "variant"])
-        for key, n in sorted(self.version_requests.items()):
+        counts = collections.Counter(self.version_requests)
+        counts.update(self.version_requests_source() if self.version_requests_source else {})
+        for key, n in sorted(counts.items()):
             served.add_metric(list(key), n)
         yield served
         yield _histogram("tinyship_request_duration_seconds",

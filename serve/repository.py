@@ -41,6 +41,7 @@ the poll leaves it unloaded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -210,13 +211,14 @@ def round_robin(weights: dict[str, float]) -> list[str]:
 
 
 class _Slot:
-    """What `infer` needs for one loaded model: its batcher (None: run inline), the metrics key
-    of the requests it serves, its queue-time observer."""
+    """What `infer` needs for one loaded model: its batcher (None: run inline), its queue-time
+    observer, and the count of requests it served (metrics read it at scrape time)."""
 
-    __slots__ = ("batcher", "served_key", "observe_queue")
+    __slots__ = ("batcher", "observe_queue", "served_key", "served")
 
-    def __init__(self, batcher, served_key, observe_queue):
-        self.batcher, self.served_key, self.observe_queue = batcher, served_key, observe_queue
+    def __init__(self, batcher, observe_queue, served_key):
+        self.batcher, self.observe_queue, self.served_key = batcher, observe_queue, served_key
+        self.served = 0
 
 
 class _Task:
@@ -267,6 +269,7 @@ class ModelRepository:
         self._slots: dict[ServedModel, _Slot] = {}
         self.statistics = InferenceStatistics()  # Triton's statistics extension
         metrics.queue_depth_source = self._queue_depths
+        metrics.version_requests_source = self._served_counts
         self.loading_done = False
         for task in self._tasks.values():
             # Until load_all has run: the declared versions, loading (or failed: bad declaration).
@@ -382,7 +385,7 @@ class ModelRepository:
             self.metrics.version_requests[_served_key(model)] += 1
             batcher = None
         else:
-            self.metrics.version_requests[slot.served_key] += 1
+            slot.served += 1
             batcher = slot.batcher
         stats = self.statistics.of(model)
         start = time.perf_counter()
@@ -405,6 +408,12 @@ class ModelRepository:
         return result.outputs, {"queue": round(result.queue_seconds * 1e3, 3),
                                 "inference": round(result.infer_seconds * 1e3, 3),
                                 "batch_rows": result.batch_rows}
+
+    def _served_counts(self) -> collections.Counter:
+        counts = collections.Counter()
+        for slot in list(self._slots.values()):
+            counts[slot.served_key] += slot.served
+        return counts
 
     def _queue_depths(self) -> dict[str, int]:
         depths = dict.fromkeys(self._tasks, 0)
@@ -520,7 +529,7 @@ class ModelRepository:
                 max_queue_delay_us=self.settings.max_queue_delay_us,
                 max_queue_size=self.settings.max_queue_size,
                 on_batch=self.metrics.batch_observer(model.name), alone=self.activity.alone)
-        return _Slot(batcher, _served_key(model), self.metrics.queue_time_observer(model.name))
+        return _Slot(batcher, self.metrics.queue_time_observer(model.name), _served_key(model))
 
     def _report(self, task: _Task) -> None:
         model = task.default
@@ -535,6 +544,7 @@ class ModelRepository:
         still holds such a model runs it inline), queued ones are answered, then they close."""
         slots = [self._slots.pop(m) for m in models if m in self._slots]
         for slot in slots:
+            self.metrics.version_requests[slot.served_key] += slot.served
             if slot.batcher is not None:
                 await slot.batcher.close()
 

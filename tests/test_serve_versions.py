@@ -261,10 +261,17 @@ def test_the_poll_swaps_in_a_new_selection_and_reuses_unchanged_versions(root):
     try:
         before = {m.name: m for m in repo.models.values()}
         assert c.portal.call(repo.poll_once) == []  # nothing changed: nothing reloaded
+        assert c.post(f"/v1/classify/{TASK}",
+                      json={"pixels": images(1)[0, ..., 0].tolist()}).json()["variant"] == "fixture_mlp"
         select_variant(root, TASK, SECOND)
         assert c.portal.call(repo.poll_once) == [TASK]
         answer = c.post(f"/v1/classify/{TASK}", json={"pixels": images(1)[0, ..., 0].tolist()})
         assert answer.json()["variant"] == SECOND
+        # What the retired version served stays in the metrics beside the new one's count.
+        metrics = c.get("/metrics").text
+        for variant in ("fixture_mlp", SECOND):
+            assert (f'tinyship_version_requests_total{{model="{TASK}",variant="{variant}",'
+                    f'version="1"}} 1.0') in metrics
         assert repo.models["imdb"] is before["imdb"]  # other tasks untouched
         # A new version beside the selected one: the selected version is reused, not reloaded.
         current = repo.get(TASK, "1")
