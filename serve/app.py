@@ -19,7 +19,7 @@ from serve import boundary, docs
 from serve.fastpath import ClassifyFastPath
 from serve.metrics import ServerMetrics
 from serve.middleware import RequestContextMiddleware
-from serve.protocols import friendly, ops, tfserving, v2
+from serve.protocols import friendly, ops, tfserving, triton, v2
 from serve.repository import ModelRepository
 from serve.responses import SERVER_VERSION
 from serve.settings import Settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
 
     # One router per protocol; the order is the matching order.
     _include(app, friendly.router(repo))
+    _include(app, triton.router(repo, settings))  # before v2: /v2/models/stats is no model
     _include(app, v2.router(repo))
     _include(app, tfserving.router(repo))
     _include(app, ops.router(metrics))

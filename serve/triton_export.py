@@ -64,9 +64,10 @@ def config_pbtxt(config: dict, variant: str) -> str:
     from tritonclient.grpc import model_config_pb2
 
     message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
-    return (f"# Written by `python -m serve export-triton` from variant {variant!r}: the "
-            f"configuration serve runs it with\n# (GET /v2/models/{config['name']}/config)."
-            f"\n{text_format.MessageToString(message)}")
+    return (f"# Written by `python -m serve export-triton` from variant {variant!r}: serve's "
+            f"configuration of the model\n# (GET /v2/models/{config['name']}/config answers "
+            f"the same under the same settings and placement).\n"
+            f"{text_format.MessageToString(message)}")
 
 
 def export_variant(artifacts: Path, task: str, instance_kind: str) -> Variant:

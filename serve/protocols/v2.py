@@ -26,7 +26,9 @@ def router(repo: ModelRepository) -> APIRouter:
     @r.get("/v2", tags=["v2"], summary="Server metadata", responses=docs.SERVER_RESPONSES)
     async def v2_server():
         return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
-                              "extensions": ["binary_tensor_data", "model_repository"]})
+                              "extensions": ["binary_tensor_data", "classification",
+                                             "model_configuration", "model_repository",
+                                             "statistics"]})
 
     @r.get("/v2/health/live", tags=["v2"], summary="Liveness (the process answers)",
            responses=docs.LIVE_RESPONSES)
