@@ -6,6 +6,7 @@ second version whose answers differ from the first's. The rollout test runs a re
 server under concurrent load and switches the selection on disk."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -287,17 +288,62 @@ def test_the_poll_swaps_in_a_new_selection_and_reuses_unchanged_versions(root):
         c.__exit__(None, None, None)
 
 
-# -- a rollout under load ----------------------------------------------------------------------
+# -- on a real server --------------------------------------------------------------------------
+@contextlib.contextmanager
+def live_server(root, **changes):
+    """uvicorn in a thread, as `python -m serve` runs it; yields its port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings(root, **changes)), host="127.0.0.1",
+                                           port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_tritonclient_drives_the_repository_extension(root):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    write_versions(root, {"versions": {"1": "fixture_mlp", "2": SECOND}})
+    with live_server(root) as port:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        index = client.get_model_repository_index()
+        assert {(m["name"], m["version"], m["state"]) for m in index} >= {
+            (TASK, "1", "READY"), (TASK, "2", "READY"), ("imdb", "1", "READY")}
+        assert client.get_model_metadata(TASK)["versions"] == ["1", "2"]
+        assert client.is_model_ready(TASK, "2")
+        client.unload_model(TASK)
+        assert not client.is_model_ready(TASK)
+        with pytest.raises(InferenceServerException, match="unloaded"):
+            client.get_model_metadata(TASK)
+        client.load_model(TASK)
+        assert client.is_model_ready(TASK) and client.is_model_ready(TASK, "2")
+        with pytest.raises(InferenceServerException, match="config"):
+            client.load_model(TASK, config="{}")
+
+
 def test_a_rollout_under_concurrent_load_fails_no_request(root):
     """Three clients send classify and V2 requests while the selection switches to another
     variant: no request fails, and once the poll has swapped, every answer is the new one's."""
-    port = free_port()
-    app = create_app(settings(root, repository_poll_s=0.1))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_ready(f"http://127.0.0.1:{port}")
+    with live_server(root, repository_poll_s=0.1) as port:
+        answers, failures, switched_at, swapped = _rollout(root, port)
+    assert failures == []
+    before = {v for t, v in answers if t < switched_at}
+    # A request that picked the old version just before the swap may answer a little later.
+    after = {v for t, v in answers if t > swapped + 0.2}
+    assert before == {"fixture_mlp", "v2 fixture_mlp"}
+    assert after == {SECOND, f"v2 {SECOND}"}
+
+
+def _rollout(root, port):
+    """Three clients (two classify, one V2) hammer the server; the selection switches after
+    0.5 s. Returns the (time, variant) answers, the failures, the time of the switch and the
+    time of the first answer from the new variant."""
     x = images(1)
     pixels = json.dumps({"pixels": (x[0, ..., 0] * 255).round().astype(int).tolist()})
     tensor = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 28, 28, 1],
@@ -345,15 +391,9 @@ def test_a_rollout_under_concurrent_load_fails_no_request(root):
                 break
             time.sleep(0.05)
         swapped = next(t for t, v in answers if v.endswith(SECOND))
-        time.sleep(0.5)
+        time.sleep(0.8)
     finally:
         stop.set()
         for t in threads:
             t.join(10)
-        server.should_exit = True
-        thread.join(10)
-    assert failures == []
-    before = {v for t, v in answers if t < switched_at[0]}
-    after = {v for t, v in answers if t > swapped + 0.05}
-    assert before == {"fixture_mlp", "v2 fixture_mlp"}
-    assert after == {SECOND, f"v2 {SECOND}"}
+    return answers, failures, switched_at[0], swapped
