@@ -312,14 +312,15 @@ class ModelRepository:
     def get(self, name: str, version: str | None = None, label: str | None = None,
             split: bool = True) -> ServedModel:
         """The model version to use for `name`: `version` (a number as text) or `label` when
-        given, else the traffic split's pick (`split=False`: the default version). Raises
-        UnknownModel, UnknownVersion or ModelUnloaded; the caller checks `require_ready()`."""
+        given, else the traffic split's pick (`split=False`: the default version). An empty
+        version is no version (gRPC's unset field). Raises UnknownModel, UnknownVersion or
+        ModelUnloaded; the caller checks `require_ready()`."""
         task = self._tasks.get(name)
         if task is None or task.unloaded:
             task = self._loaded(name)  # raises the right error
-        if version is None and label is None:
+        if not version and not label:
             return task.pick() if split else task.default
-        if label is not None:
+        if label:
             labels = task.plan.labels if task.plan else {}
             if label not in labels:
                 raise UnknownVersion(name, f"version label {label!r}", sorted(labels))

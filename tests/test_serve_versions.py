@@ -132,6 +132,8 @@ def test_versions_are_served_side_by_side(two_versions, root):
     assert listed["default_version"] == "1" and listed["variant"] == "fixture_mlp"
     assert [(v["version"], v["variant"]) for v in listed["versions"]] == [
         ("1", "fixture_mlp"), ("2", SECOND)]
+    repo = c.app.state.repository  # an empty version (gRPC's unset field) is the default
+    assert repo.get(TASK, "", split=False) is repo.get(TASK, "1")
     # A task without versions.json keeps its one version "1".
     assert c.get("/v2/models/imdb").json()["versions"] == ["1"]
 
