@@ -249,10 +249,6 @@ class _Task:
     def pick(self) -> ServedModel:
         return next(self._cycle) if self._cycle is not None else self._target
 
-    @property
-    def state(self) -> str:
-        return "unloaded" if self.unloaded else self.default.state.value
-
 
 class ModelRepository:
     def __init__(self, settings: Settings, metrics: ServerMetrics, tasks=None,
