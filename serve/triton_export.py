@@ -20,7 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifacts import ArtifactError, Variant, find_variant, selected_placements, selected_variant
+from core.artifacts import (ArtifactError, Variant, find_variant, selected_placements,
+                            selected_variant)
 from core.userdata import served_tasks
 from serve.settings import Settings
 from serve.triton_config import INSTANCE_KINDS, LABELS_FILE, model_config, output_labels

@@ -106,7 +106,8 @@ def test_model_config_parses_as_tritons_and_equals_the_exported_config_pbtxt(
         assert list(served.input[0].dims) == list(variant.input.example_shape)
         assert list(served.output[0].dims) == [variant.output.width]
         assert served.dynamic_batching.preferred_batch_size == [settings.max_batch_size]
-        assert served.dynamic_batching.default_queue_policy.max_queue_size == settings.max_queue_size
+        queue_policy = served.dynamic_batching.default_queue_policy
+        assert queue_policy.max_queue_size == settings.max_queue_size
         assert served.parameters["intra_op_thread_count"].string_value == "1"
         assert model_config_pb2.ModelInstanceGroup.Kind.Name(
             served.instance_group[0].kind) == "KIND_CPU"
