@@ -4,6 +4,7 @@
     report    re-render bench.md / plots / index.html from a saved reports/bench.json
     latency   ONNX Runtime only (no TensorFlow needed): providers x batch sizes, GPU-host path
     load      HTTP load test of a running server at several concurrency levels
+    abuse     good clients' latency with and without abusive clients (hostile load)
     check     CI gate: compare reports/bench.json with benchmarks/baseline.json
 
 Heavy imports happen inside each command, so `latency`, `load` and `check` never import
@@ -108,6 +109,24 @@ def cmd_gpu(args) -> int:
               + "; ".join(bad), file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_abuse(args) -> int:
+    from benchmarks.abuse import AbuseSettings, render_abuse_markdown, run_abuse, write_abuse
+    from benchmarks.load import LoadSettings
+
+    load = LoadSettings(url=args.url, task=args.task, concurrency=(args.concurrency,),
+                        duration_s=args.duration, protocol="v1", data_dir=args.data_dir,
+                        artifacts=args.artifacts, timeout_s=args.timeout,
+                        warmup_s=args.warmup)
+    settings = AbuseSettings(load=load, rounds=args.rounds,
+                             idle_connections=args.idle_connections, abusers=args.abusers,
+                             text_task=args.text_task, image_task=args.image_task)
+    record = run_abuse(settings)
+    path = write_abuse(record, args.reports)
+    print(render_abuse_markdown(record))
+    print(f"record: {path}")
+    return 0 if record["verdict"]["passed"] else 1
 
 
 def cmd_load(args) -> int:
@@ -247,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     load.add_argument("--reports", default="reports")
     load.set_defaults(func=cmd_load)
+
+    abuse = sub.add_parser("abuse", help="good clients' latency with and without abusive "
+                           "clients, side by side (serve under hostile load)")
+    abuse.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    abuse.add_argument("--task", required=True, help="the good clients' task")
+    abuse.add_argument("--concurrency", type=int, default=64, help="good clients")
+    abuse.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    abuse.add_argument("--rounds", type=int, default=2, help="clean/abused phase pairs")
+    abuse.add_argument("--warmup", type=float, default=2.0,
+                       help="seconds before each phase is measured (the abusers connect)")
+    abuse.add_argument("--idle-connections", dest="idle_connections", type=int, default=5000)
+    abuse.add_argument("--abusers", type=_csv(str), default=(),
+                       help="some of huge_texts,huge_image,slow_bodies,idle_connections "
+                            "(default: all)")
+    abuse.add_argument("--text-task", dest="text_task", default="imdb",
+                       help="task the huge texts batch and slow bodies go to")
+    abuse.add_argument("--image-task", dest="image_task", default="fashion_mnist",
+                       help="task the huge image goes to")
+    abuse.add_argument("--data-dir", default=None)
+    abuse.add_argument("--artifacts", default=None,
+                       help="check good answers against the selected variant run locally")
+    abuse.add_argument("--timeout", type=float, default=10.0, help="seconds per good request")
+    abuse.add_argument("--reports", default="reports")
+    abuse.set_defaults(func=cmd_abuse)
 
     chk = sub.add_parser("check", help="fail when accuracy or speed ratios regress vs a baseline")
     chk.add_argument("--baseline", default="benchmarks/baseline.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # as a second guard: it raises above twice its MAX_IMAGE_PIXELS.
 MAX_PIXELS = 25_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow also warns from MAX_IMAGE_PIXELS up; `decode` refuses those images itself with a
+# clear error, so the warning would only repeat it in the log. (A filter, not catch_warnings:
+# decode runs in worker threads, and catch_warnings swaps process-wide state.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _MODES = {1: "L", 3: "RGB"}
 
 

@@ -84,7 +84,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from serve.connection import ConnectionLimits, ServeConfig, raise_file_limit
+    from serve.connection import ConnectionLimits, ServeConfig, fit_file_limit
     from serve.logs import setup_logging
 
     setup_logging(settings.log_level)
@@ -94,8 +94,7 @@ def serve(settings: Settings) -> None:
             "(set SERVE_API_KEY)", settings.host)
     # Worker processes rebuild the app from the environment: hand them the resolved settings.
     os.environ.update(settings.to_env())
-    limits = ConnectionLimits.from_settings(settings)
-    raise_file_limit(limits)
+    limits = fit_file_limit(ConnectionLimits.from_settings(settings))
     # uvicorn.run, with the guarded protocol's config (uvicorn.run builds its own Config).
     config = ServeConfig("serve.app:create_app_from_env", limits=limits, factory=True,
                          host=settings.host, port=settings.port, workers=settings.workers,

@@ -4,9 +4,10 @@ uvicorn times out only idle keep-alive connections: a client that opens connecti
 finishes its headers, or sends a Content-Length larger than its body, holds a connection (and
 a file descriptor) for ever, and enough of them lock every other client out, health probes
 included. `GuardedHttpProtocol` adds, per connection, what nginx calls client_header_timeout
-and client_body_timeout, and a cap on open connections that closes the longest-idle ones
-first (an idle keep-alive connection costs its client one reconnect; refusing a new one costs
-a request). Everything it answers itself is JSON like the app's errors.
+and client_body_timeout, and a cap on open connections that closes idle ones to make room:
+first those that never sent a request, then keep-alive ones, longest idle first (an idle
+connection closed costs its client a reconnect; refusing a new one would cost a request).
+Everything it answers itself is JSON like the app's errors.
 
 Timers are one `call_later` per request head and body (about a microsecond each): the hot path
 pays nothing else. `ServeConfig` is uvicorn's Config with these limits attached, so worker
@@ -15,6 +16,7 @@ processes (spawned with a pickled config) get them too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import weakref
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serve.settings import Settings
 
 log = logging.getLogger("serve.connection")
 
@@ -37,10 +41,12 @@ CLOSED: Counter[str] = Counter()
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_connections: int = 4096   # open connections per process; the longest-idle are closed beyond
-    header_timeout_s: float = 10  # from connection (or first byte of a request) to its full head
-    body_timeout_s: float = 30    # from the head to the last byte of the body
-    keep_alive_s: float = 5       # idle time between requests on one connection
+    """Per process; the defaults and their reasons are in serve.settings.Settings."""
+
+    max_connections: int   # open connections; beyond it the longest-idle are closed
+    header_timeout_s: float  # from connection (or a request's first byte) to its full head
+    body_timeout_s: float    # from the head to the last byte of the body
+    keep_alive_s: float      # idle time between requests on one connection
 
     @classmethod
     def from_settings(cls, settings) -> "ConnectionLimits":
@@ -59,18 +65,21 @@ class ServeConfig(uvicorn.Config):
         self.limits = limits
 
 
-def raise_file_limit(limits: ConnectionLimits, spare: int = 256) -> None:
-    """Let the process hold max_connections sockets plus `spare` other files (models, logs,
-    ORT's threads), up to the hard limit; say so when the hard limit is lower."""
+def fit_file_limit(limits: ConnectionLimits, spare: int = 256) -> ConnectionLimits:
+    """Raise the process's file limit to hold max_connections sockets plus `spare` other files
+    (models, logs, ORT's threads); where the hard limit is lower, lower the cap to fit it, so
+    that connections are closed by the cap's rules instead of failing at accept()."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = limits.max_connections + spare
     if hard != resource.RLIM_INFINITY and want > hard:
+        fitted = max(1, hard - spare)
         log.warning("max_connections %d needs %d file descriptors but the hard limit is %d: "
-                    "connections beyond it are refused by the kernel", limits.max_connections,
-                    want, hard)
-        want = hard
+                    "serving with max_connections %d", limits.max_connections, want, hard,
+                    fitted)
+        limits, want = dataclasses.replace(limits, max_connections=fitted), hard
     if soft != resource.RLIM_INFINITY and want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return limits
 
 
 def _response(status: int, reason: str, error: str, code: str, expected: str | None = None,
@@ -98,25 +107,31 @@ TOO_MANY_CONNECTIONS = _response(503, "Service Unavailable", "the server has too
 
 
 class _Idle:
-    """A server's idle connections, longest idle first (dict order = time they became idle)."""
+    """A server's idle connections, in two queues, longest idle first in each: `fresh` ones
+    have not sent a request yet (what an idle-connection flood is made of), `kept` ones are
+    keep-alive connections between requests (real clients, which will send again). The cap
+    closes fresh ones first, so a flood evicts itself before it reaches the clients."""
 
     def __init__(self):
-        self.connections: OrderedDict[int, GuardedHttpProtocol] = OrderedDict()
+        self.fresh: OrderedDict[int, GuardedHttpProtocol] = OrderedDict()
+        self.kept: OrderedDict[int, GuardedHttpProtocol] = OrderedDict()
 
-    def add(self, protocol: "GuardedHttpProtocol") -> None:
-        self.connections.pop(id(protocol), None)
-        self.connections[id(protocol)] = protocol
+    def add(self, protocol: "GuardedHttpProtocol", fresh: bool) -> None:
+        self.discard(protocol)
+        (self.fresh if fresh else self.kept)[id(protocol)] = protocol
 
     def discard(self, protocol: "GuardedHttpProtocol") -> None:
-        self.connections.pop(id(protocol), None)
+        self.fresh.pop(id(protocol), None)
+        self.kept.pop(id(protocol), None)
 
     def close_oldest(self) -> bool:
-        while self.connections:
-            _, protocol = self.connections.popitem(last=False)
-            if not protocol.transport.is_closing():
-                protocol.transport.close()
-                CLOSED["evicted_idle"] += 1
-                return True
+        for queue in (self.fresh, self.kept):
+            while queue:
+                _, protocol = queue.popitem(last=False)
+                if not protocol.transport.is_closing():
+                    protocol.transport.close()
+                    CLOSED["evicted_idle"] += 1
+                    return True
         return False
 
 
@@ -131,7 +146,8 @@ def open_connections() -> int:
 class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, config, server_state, app_state, _loop=None):
         super().__init__(config, server_state, app_state, _loop)
-        self.limits: ConnectionLimits = getattr(config, "limits", None) or ConnectionLimits()
+        self.limits: ConnectionLimits = (getattr(config, "limits", None)
+                                         or ConnectionLimits.from_settings(Settings()))
         self.idle = _IDLE.setdefault(server_state, _Idle())
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
@@ -144,7 +160,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
             return
-        self.idle.add(self)
+        self.idle.add(self, fresh=True)
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc) -> None:
@@ -181,7 +197,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
-            self.idle.add(self)
+            self.idle.add(self, fresh=False)
 
     # -- timers ----------------------------------------------------------------------------
     def _arm(self, seconds: float, callback) -> None:

@@ -38,7 +38,7 @@ class Settings:
     # longest-idle are closed beyond it), and how long a request's head, its body and an idle
     # keep-alive connection may take. Slow or stalled clients then cost a bounded number of
     # file descriptors for a bounded time.
-    max_connections: int = 4096
+    max_connections: int = 10000
     header_timeout_s: int = 10
     body_timeout_s: int = 30
     keep_alive_s: int = 5

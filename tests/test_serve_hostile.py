@@ -30,15 +30,19 @@ from tests.test_serve_live import free_port, wait_ready
 
 LIMITS = ConnectionLimits(max_connections=24, header_timeout_s=1, body_timeout_s=1,
                           keep_alive_s=5)
-MAX_BODY = 64 * 1024
+MAX_BODY = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    artifacts = write_fixture_artifacts(tmp_path_factory.mktemp("serve-hostile"))
+def artifacts(tmp_path_factory):
+    return write_fixture_artifacts(tmp_path_factory.mktemp("serve-hostile"))
+
+
+@pytest.fixture(scope="module")
+def server(artifacts):
     port = free_port()
     app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1,
-                              max_body_bytes=MAX_BODY))
+                              max_body_bytes=MAX_BODY, max_request_rows=256))
     srv = uvicorn.Server(ServeConfig(app, limits=LIMITS, host="127.0.0.1", port=port,
                                      log_level="warning", access_log=False))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -266,3 +270,72 @@ def test_grayscale_pixels_may_carry_a_channel_axis_single_or_batched(server):
     with_axis = classify([[[v] for v in row] for row in img])["top_k"]
     batch = classify([[[[v] for v in row] for row in img]])["results"]
     assert plain == with_axis == batch[0]["top_k"] and len(batch) == 1
+
+
+# -- work bounded before parsing ---------------------------------------------------------------
+def _post(url: str, path: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("path, body", [
+    # 8 MB of short texts once held the event loop 45 ms per request just to parse, then got
+    # refused for having too many rows; 3,000 images as pixel lists, 99 ms.
+    ("/v1/classify/imdb", json.dumps({"texts": ["good"] * 20000})),
+    ("/v1/classify/fashion_mnist", json.dumps({"pixels": [[[0] * 28] * 28] * 300})),
+    ("/v2/models/fashion_mnist/infer", json.dumps({"inputs": [{
+        "name": "input", "datatype": "FP32", "shape": [300, 28, 28, 1],
+        "data": [0] * (300 * 784)}]})),
+])
+def test_bodies_with_more_rows_than_allowed_are_refused_before_parsing(server, path, body,
+                                                                       monkeypatch):
+    url, _ = server
+    parsed = []
+    monkeypatch.setattr(dataplane, "parse_json", lambda b: parsed.append(b) or {})
+    monkeypatch.setattr(dataplane, "whole_number_pixels", lambda *a: parsed.append(a))
+    status, answer = _post(url, path, body.encode())
+    assert status == 413 and answer["code"] == "too_many_rows" and answer["expected"], answer
+    assert parsed == []  # refused from byte counts alone
+
+
+def test_the_size_check_passes_every_request_within_the_row_limit(server):
+    # Many commas and escaped quotes inside texts must not count as rows.
+    url, _ = server
+    texts = ['a "quoted", comma, laden, review, ' * 40] * 200
+    status, answer = _post(url, "/v1/classify/imdb", json.dumps({"texts": texts}).encode())
+    assert status == 200 and len(answer["results"]) == 200
+    status, answer = _post(url, "/v1/classify/fashion_mnist",
+                           json.dumps({"pixels": [[[255] * 28] * 28] * 256}).encode())
+    assert status == 200 and len(answer["results"]) == 256
+
+
+# -- the abuse benchmark -------------------------------------------------------------------------
+def test_the_abuse_benchmark_runs_every_abuser_and_each_gets_refused(server, artifacts):
+    from benchmarks.abuse import ABUSERS, AbuseSettings, render_abuse_markdown, run_abuse
+    from benchmarks.load import LoadSettings
+
+    url, _ = server
+    load = LoadSettings(url=url, task="fashion_mnist", concurrency=(4,), duration_s=1.5,
+                        warmup_s=0.3, examples=32, artifacts=str(artifacts))
+    settings = AbuseSettings(load=load, rounds=1, slow_bodies=2,
+                             idle_connections=3 * LIMITS.max_connections)
+    record = run_abuse(settings, progress=lambda line: None)
+    abused = record["rounds"][0]["abused"]
+    assert set(abused["abusers"]) == set(ABUSERS)
+    answers = {name: a["answers"] for name, a in abused["abusers"].items()}
+    # HTTP answers only: with a 24-connection cap and 72 idle abusers churning, an abusive
+    # request's fresh connection is sometimes the longest idle one and gets closed first.
+    statuses = {name: {k for k in a if k.isdigit()} for name, a in answers.items()}
+    assert statuses["huge_texts"] == {"413"}, answers
+    assert statuses["huge_image"] == {"422"}, answers   # refused from the PNG header
+    assert answers["slow_bodies"].get("408"), answers       # the body timeout
+    assert answers["idle_connections"].get("closed by server"), answers  # cap and timeout
+    for phase in ("clean", "abused"):
+        good = record["rounds"][0][phase]["good"]
+        assert good["requests"] > 0 and good["errors"] == 0 and good["wrong_answers"] == 0
+    assert "| 1 | abused |" in render_abuse_markdown(record)
