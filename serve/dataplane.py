@@ -29,6 +29,7 @@ import orjson
 from serve.errors import InvalidInput, InvalidJSON, TooManyRows
 from serve.images import INVERT_CHOICES, decode_image
 from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
+from serve.triton_config import output_labels
 from core.preprocessing import PreprocessingError
 
 MAX_K = 1000
@@ -414,13 +415,19 @@ def v2_classification_count(value) -> int:
     return value
 
 
-def v2_classification(model: ServedModel, probabilities: np.ndarray, k: int) -> list[list[str]]:
-    """Triton's classification extension: per row, the top min(k, classes) classes as
-    "<score>:<class index>:<label>", best first. Ranked as /v1/classify ranks them (`top_k`),
-    over the class probabilities (`ServedModel.probabilities`): a one-column sigmoid model
-    ranks its two classes [1 - p, p], so "0.970000:1:positive" and "0.030000:0:negative"."""
-    return [[f"{c['probability']:f}:{c['class_id']}:{c['label']}" for c in row]
-            for row in top_k(model, probabilities, k)]
+def v2_classification(model: ServedModel, outputs: np.ndarray, k: int) -> list[list[str]]:
+    """Triton's classification extension: per row, the top min(k, columns) columns of the
+    output tensor as "<value>:<column>:<label>", best first, labels one per column
+    (`triton_config.output_labels`, the exported labels.txt). What Triton answers for the
+    exported repository, so a client sees no difference: a one-column sigmoid output (imdb)
+    classifies as its one column, p(positive), e.g. "0.030000:0:positive". /v1/classify is
+    where such a model ranks its two classes [1 - p, p]."""
+    labels = output_labels(model.variant)
+    ranked = []
+    for row in np.asarray(outputs, dtype=np.float32).tolist():
+        order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
+        ranked.append([f"{row[c]:f}:{c}:{labels[c]}" for c in order])
+    return ranked
 
 
 def bytes_tensor(strings: list[list[str]]) -> bytes:
@@ -437,7 +444,7 @@ def bytes_tensor(strings: list[list[str]]) -> bytes:
 
 def _v2_classified(model: ServedModel, request: V2Request, outputs: np.ndarray,
                    answer: dict) -> tuple[bytes, int | None]:
-    rows = v2_classification(model, model.probabilities(outputs), request.classification)
+    rows = v2_classification(model, outputs, request.classification)
     tensor = answer["outputs"][0]
     tensor.update(datatype="BYTES", shape=[len(rows), len(rows[0]) if rows else 0])
     if not request.binary_output:

@@ -413,6 +413,10 @@ def test_protocol_routes_sit_flat_in_the_app_in_matching_order(client):
     routes = [r for r in client.app.router.routes if isinstance(r, APIRoute)]
     assert [(r.path, *sorted(r.methods)) for r in routes] == [
         ("/", "GET"), ("/v1/classify/{task}", "POST"), ("/v1/models", "GET"),
+        # Triton's extensions before the V2 routes: /v2/models/stats is not a model "stats".
+        ("/v2/models/stats", "GET"), ("/v2/models/{name}/versions/{version}/stats", "GET"),
+        ("/v2/models/{name}/stats", "GET"), ("/v2/models/{name}/versions/{version}/config", "GET"),
+        ("/v2/models/{name}/config", "GET"),
         ("/v2", "GET"), ("/v2/health/live", "GET"), ("/v2/health/ready", "GET"),
         ("/v2/models/{name}/versions/{version}", "GET"), ("/v2/models/{name}", "GET"),
         ("/v2/models/{name}/versions/{version}/ready", "GET"), ("/v2/models/{name}/ready", "GET"),
