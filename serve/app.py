@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
     app = FastAPI(title="tinyship serve", version=SERVER_VERSION,
                   lifespan=_lifespan(repo, load_models),
                   description=docs.DESCRIPTION, openapi_tags=docs.TAGS,
-                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+                  docs_url=None, redoc_url=None)  # served offline by docs.router
     app.state.settings, app.state.repository, app.state.metrics = settings, repo, metrics
     boundary.install(app)
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, load_models: bool = True) ->
     _include(app, v2.router(repo))
     _include(app, tfserving.router(repo))
     _include(app, ops.router(metrics))
+    _include(app, docs.router(app.title))
 
     # Middleware added first runs innermost: the fast path sits inside CORS and the request
     # context, so it gets the same headers, auth, body limit and metrics as every route.

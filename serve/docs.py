@@ -1,6 +1,8 @@
 """OpenAPI text and examples for /docs (the routes read raw bodies, so we declare them here)."""
 from __future__ import annotations
 
+import functools
+
 DESCRIPTION = """
 Image and text classifiers (Fashion-MNIST, Sign-Language letters, IMDB sentiment) served with
 ONNX Runtime. Three ways in:
@@ -151,3 +153,51 @@ METRICS_RESPONSES = {200: {"description": "Prometheus text format", "content": {
     "example": 'tinyship_requests_total{model="imdb",route="/v1/classify/{task}",status="200"} '
                '42.0\ntinyship_batch_size_bucket{le="8",model="imdb"} 40.0\n'
                'tinyship_model_state{model="imdb",state="ready"} 1.0'}}}}
+
+
+# -- the documentation pages, served offline ------------------------------------------------------
+# FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN, so they are blank where the
+# server (or the browser) has no internet. The same files ship in the fastapi-offline package;
+# they are served from here, by name (nothing else in that folder is reachable), without
+# Google's fonts (ReDoc falls back to the browser's).
+DOCS_ASSETS_PATH = "/docs-assets"
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+
+
+def router(title: str, openapi_url: str = "/openapi.json"):
+    import importlib.resources
+
+    from fastapi import APIRouter
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import Response
+
+    from serve.errors import NotFound
+
+    folder = importlib.resources.files("fastapi_offline") / "static"
+    read = functools.cache(lambda name: (folder / name).read_bytes())
+    r = APIRouter(include_in_schema=False)
+
+    @r.get("/docs")
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png")
+
+    @r.get("/redoc")
+    async def redoc():
+        return get_redoc_html(openapi_url=openapi_url, title=f"{title} - ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS_PATH}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png",
+                              with_google_fonts=False)
+
+    @r.get(DOCS_ASSETS_PATH + "/{name}")
+    async def asset(name: str):
+        if name not in DOCS_ASSETS:
+            raise NotFound(f"no documentation asset {name!r}",
+                               expected=f"one of {', '.join(sorted(DOCS_ASSETS))}")
+        return Response(read(name), media_type=DOCS_ASSETS[name],
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    return r

@@ -41,7 +41,11 @@ class InvalidArgument(InvalidInput):
     (INVALID_ARGUMENT) where the other protocols use 422."""
 
 
-class UnknownModel(ServeError):
+class NotFound(ServeError):
+    code = "not_found"
+
+
+class UnknownModel(NotFound):
     code = "unknown_model"
 
 
@@ -89,7 +93,7 @@ HTTP_STATUS: dict[type[ServeError], int] = {
     InvalidJSON: 400,
     InvalidInput: 422,
     InvalidArgument: 400,
-    UnknownModel: 404,
+    NotFound: 404,
     ModelNotReady: 503,
     Overloaded: 503,
     BodyTooLarge: 413,

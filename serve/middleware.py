@@ -13,6 +13,7 @@ import time
 import orjson
 
 from serve.connection import BODY_TIMED_OUT
+from serve.docs import DOCS_ASSETS, DOCS_ASSETS_PATH
 from serve.errors import BodyTooLarge, ServeError, Unauthorized, http_status
 from serve.logs import request_id
 from serve.metrics import ServerMetrics
@@ -22,7 +23,8 @@ app_log = logging.getLogger("serve.app")  # the server's own log, as in serve.bo
 
 # Paths that never need the API key: probes (a load balancer has no token) and static pages
 # that carry no model data (the demo page asks the user for the key and sends it itself).
-PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/docs", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/docs", "/redoc",
+                          "/openapi.json", *(f"{DOCS_ASSETS_PATH}/{name}" for name in DOCS_ASSETS)})
 MAX_REQUEST_ID = 128
 # Statuses recorded for requests that got no answer, as nginx logs them: the client closed the
 # connection (499), or stalled sending its body until the server closed it (408).

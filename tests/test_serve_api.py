@@ -429,7 +429,7 @@ def test_protocol_routes_sit_flat_in_the_app_in_matching_order(client):
            ("POST", ":regress"))
           for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}",
                        "/v1/models/{name}/labels/{label}")],
-        ("/metrics", "GET")]
+        ("/metrics", "GET"), ("/docs", "GET"), ("/redoc", "GET"), ("/docs-assets/{name}", "GET")]
 
 
 def test_body_limit_answers_413(artifacts):

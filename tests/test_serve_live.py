@@ -2,6 +2,7 @@
 graceful shutdown, the Triton repository export and the demo page in headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,9 +209,14 @@ def test_cli_rejects_bad_settings(artifacts):
     assert r.returncode == 2 and "max_batch_size" in r.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
-                    "(apt-get install -y chromium; .ci/run installs it)")
-def test_demo_page_in_headless_chromium(server, tmp_path):
+NEEDS_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
+                                   "(apt-get install -y chromium; .ci/run installs it)")
+
+
+@contextlib.contextmanager
+def chromium_page(url: str, tmp_path):
+    """Headless Chromium on `url`, driven over the DevTools protocol: yields
+    (evaluate(js) -> value, wait_for(js, timeout) -> first truthy value)."""
     from websockets.sync.client import connect
 
     profile = tmp_path / "chromium-profile"
@@ -218,7 +224,7 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-         server + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -253,47 +259,68 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
                     time.sleep(0.1)
                 raise TimeoutError(expression)
 
-            wait_for("document.readyState === 'complete' && !!document.getElementById('classify')")
-            # A review: pick the task, type, click, read the answer from the page.
-            evaluate("""(() => { const t = document.getElementById('task'); t.value = 'imdb';
-                       t.dispatchEvent(new Event('change'));
-                       document.getElementById('text').value = 'A wonderful, moving film.';
-                       document.getElementById('classify').click(); })()""")
-            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
-                              ".map(li => li.textContent).join('|')")
-            labels = [item.split(" ")[0] for item in answer.split("|")]
-            assert sorted(labels) == ["negative", "positive"], answer
-            # A drawing: pointer strokes on the canvas, then classify.
-            evaluate("""(() => { const t = document.getElementById('task');
-                       t.value = 'fashion_mnist'; t.dispatchEvent(new Event('change'));
-                       const c = document.getElementById('canvas'), r = c.getBoundingClientRect();
-                       const ev = (type, x, y) => c.dispatchEvent(new PointerEvent(type,
-                           {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
-                       ev('pointerdown', 60, 60);
-                       for (let i = 0; i <= 20; i++) ev('pointermove', 60 + 8 * i, 60 + 8 * i);
-                       window.dispatchEvent(new PointerEvent('pointerup'));
-                       document.getElementById('classify').click(); })()""")
-            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
-                              ".map(li => li.textContent).join('|')")
-            top = answer.split("|")
-            assert len(top) == 3 and all(any(item.startswith(lbl + " ") for lbl in FASHION_LABELS)
-                                         for item in top), answer
-            assert "variant fixture_mlp" in evaluate("document.getElementById('status').textContent")
-            # An imported task (20x24 colour input) is listed from /v1/models and classifies
-            # the drawing at its own size and channel count.
-            wait_for(f"!!document.querySelector('#task option[value={USER_TASK}]')")
-            evaluate(f"""(() => {{ const t = document.getElementById('task');
-                       t.value = '{USER_TASK}'; t.dispatchEvent(new Event('change'));
-                       document.getElementById('results').innerHTML = '';
-                       document.getElementById('classify').click(); }})()""")
-            answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
-                              ".map(li => li.textContent).join('|')")
-            assert sorted(item.split(" ")[0] for item in answer.split("|")) == sorted(USER_LABELS)
-            assert "variant fixture_photos" in evaluate(
-                "document.getElementById('status').textContent")
+            yield evaluate, wait_for
     finally:
         browser.terminate()
         try:
             browser.wait(10)
         except subprocess.TimeoutExpired:
             browser.kill()
+
+
+@NEEDS_CHROMIUM
+def test_demo_page_in_headless_chromium(server, tmp_path):
+    with chromium_page(server + "/", tmp_path) as (evaluate, wait_for):
+        wait_for("document.readyState === 'complete' && !!document.getElementById('classify')")
+        # A review: pick the task, type, click, read the answer from the page.
+        evaluate("""(() => { const t = document.getElementById('task'); t.value = 'imdb';
+                   t.dispatchEvent(new Event('change'));
+                   document.getElementById('text').value = 'A wonderful, moving film.';
+                   document.getElementById('classify').click(); })()""")
+        answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                          ".map(li => li.textContent).join('|')")
+        labels = [item.split(" ")[0] for item in answer.split("|")]
+        assert sorted(labels) == ["negative", "positive"], answer
+        # A drawing: pointer strokes on the canvas, then classify.
+        evaluate("""(() => { const t = document.getElementById('task');
+                   t.value = 'fashion_mnist'; t.dispatchEvent(new Event('change'));
+                   const c = document.getElementById('canvas'), r = c.getBoundingClientRect();
+                   const ev = (type, x, y) => c.dispatchEvent(new PointerEvent(type,
+                       {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+                   ev('pointerdown', 60, 60);
+                   for (let i = 0; i <= 20; i++) ev('pointermove', 60 + 8 * i, 60 + 8 * i);
+                   window.dispatchEvent(new PointerEvent('pointerup'));
+                   document.getElementById('classify').click(); })()""")
+        answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                          ".map(li => li.textContent).join('|')")
+        top = answer.split("|")
+        assert len(top) == 3 and all(any(item.startswith(lbl + " ") for lbl in FASHION_LABELS)
+                                     for item in top), answer
+        assert "variant fixture_mlp" in evaluate("document.getElementById('status').textContent")
+        # An imported task (20x24 colour input) is listed from /v1/models and classifies
+        # the drawing at its own size and channel count.
+        wait_for(f"!!document.querySelector('#task option[value={USER_TASK}]')")
+        evaluate(f"""(() => {{ const t = document.getElementById('task');
+                   t.value = '{USER_TASK}'; t.dispatchEvent(new Event('change'));
+                   document.getElementById('results').innerHTML = '';
+                   document.getElementById('classify').click(); }})()""")
+        answer = wait_for("Array.from(document.querySelectorAll('#results li'))"
+                          ".map(li => li.textContent).join('|')")
+        assert sorted(item.split(" ")[0] for item in answer.split("|")) == sorted(USER_LABELS)
+        assert "variant fixture_photos" in evaluate(
+            "document.getElementById('status').textContent")
+
+
+@NEEDS_CHROMIUM
+@pytest.mark.parametrize("page, rendered", [
+    # Swagger UI lists an operation block per route; ReDoc renders its side menu. Both load
+    # their scripts from the server (the browser here has no internet, like many deployments).
+    ("/docs", "document.querySelectorAll('.opblock').length > 10"),
+    ("/redoc", "document.querySelectorAll('[role=menuitem]').length > 10"),
+])
+def test_docs_pages_render_offline_in_headless_chromium(server, tmp_path, page, rendered):
+    with chromium_page(server + page, tmp_path) as (evaluate, wait_for):
+        assert wait_for(rendered)
+        sources = evaluate("Array.from(document.querySelectorAll('script[src], link[href]'))"
+                           ".map(e => e.src || e.href)")
+        assert sources and all(src.startswith(server) for src in sources), sources
