@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serve import boundary, docs
 from serve.fastpath import ClassifyFastPath
-from serve.metrics import ServerMetrics
+from serve.metrics import ServerMetrics, SharedMetrics
 from serve.middleware import RequestContextMiddleware
 from serve.protocols import friendly, ops, tfserving, triton, v2
 from serve.repository import ModelRepository
@@ -35,7 +35,9 @@ CORS = {"allow_methods": ("GET", "POST"),
 def create_app(settings: Settings | None = None, *, load_models: bool = True) -> FastAPI:
     """The app for `settings`; load_models=False leaves every model loading (tests of readiness)."""
     settings = settings or Settings.from_env()
-    metrics = ServerMetrics()
+    # Under --workers N every process counts its own requests: they share them through files
+    # so that a scrape sees the same totals whichever worker answers it.
+    metrics = ServerMetrics(SharedMetrics(settings.metrics_dir) if settings.metrics_dir else None)
     repo = ModelRepository(settings, metrics)
     # FastAPI's native OpenTelemetry asks the global providers on every request whether it is
     # enabled (a few us with none configured). Off unless asked for (SERVE_OPENTELEMETRY=true);
@@ -100,10 +102,16 @@ def _lifespan(repo: ModelRepository, load_models: bool):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loader = asyncio.create_task(load_then_freeze()) if load_models else None
+        sharer = (asyncio.create_task(repo.metrics.shared.keep_writing(repo.metrics))
+                  if repo.metrics.shared else None)
         yield
+        if sharer is not None:
+            sharer.cancel()
         if loader is not None and not loader.done():
             loader.cancel()
         await repo.close()
+        if repo.metrics.shared:
+            repo.metrics.shared.write(repo.metrics.snapshot())  # this worker's final counts
         log.info("server stopped: queued requests answered")
 
     return lifespan

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -39,6 +40,8 @@ HELP = {
     "opentelemetry": "FastAPI's native OpenTelemetry through the global providers (true/false)",
     "log_level": "debug, info, warning or error",
     "graceful_timeout_s": "seconds to finish in-flight requests after SIGTERM",
+    "metrics_dir": "folder where worker processes share their metrics (--workers > 1: a fresh "
+                   "temporary one by default; its *.json files are cleared at start)",
     "repository_poll_s": "seconds between checks of each task's selected.json and "
                          "versions.json; a change is loaded and swapped in (0: never)",
 }
@@ -92,6 +95,8 @@ def serve(settings: Settings) -> None:
         logging.getLogger("serve").warning(
             "serving on %s without an API key: anyone who can reach the port can use it "
             "(set SERVE_API_KEY)", settings.host)
+    if settings.workers > 1:
+        settings = settings.replace(metrics_dir=_fresh_metrics_dir(settings.metrics_dir))
     # Worker processes rebuild the app from the environment: hand them the resolved settings.
     os.environ.update(settings.to_env())
     limits = fit_file_limit(ConnectionLimits.from_settings(settings))
@@ -107,6 +112,17 @@ def serve(settings: Settings) -> None:
         server.run()
     if not server.started and config.workers == 1:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port is taken, the app failed to load
+
+
+def _fresh_metrics_dir(given: str) -> str:
+    """The workers' shared metrics folder, empty: counts left by an earlier run would add up."""
+    if not given:
+        return tempfile.mkdtemp(prefix="tinyship-metrics-")
+    folder = Path(given)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.json"):
+        old.unlink()
+    return given
 
 
 def export(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,6 +48,9 @@ class Settings:
     opentelemetry: bool = False      # FastAPI's native OpenTelemetry (global providers)
     log_level: str = "info"
     graceful_timeout_s: int = 20     # on SIGTERM: stop accepting, finish in-flight, then exit
+    # Where worker processes share their metrics (serve.metrics.SharedMetrics); with
+    # --workers > 1 and none given, a fresh temporary folder. Empty: each process its own.
+    metrics_dir: str = ""
     # Seconds between looks at each task's selected.json / versions.json; a change loads the
     # new versions beside the old ones and swaps them in (serve.repository). 0: never.
     repository_poll_s: float = 2.0
