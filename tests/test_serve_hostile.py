@@ -339,3 +339,28 @@ def test_the_abuse_benchmark_runs_every_abuser_and_each_gets_refused(server, art
         good = record["rounds"][0][phase]["good"]
         assert good["requests"] > 0 and good["errors"] == 0 and good["wrong_answers"] == 0
     assert "| 1 | abused |" in render_abuse_markdown(record)
+
+
+# -- what errors may say -------------------------------------------------------------------------
+def test_load_errors_name_files_relative_to_the_artifact_root(tmp_path):
+    # Before: "/abs/path/artifacts/sign_mnist/.../model.onnx: checksum mismatch" in /v1/models
+    # and in every 503 of that model.
+    from fastapi.testclient import TestClient
+
+    from core.artifacts import selected_variant
+
+    root = write_fixture_artifacts(tmp_path)
+    (selected_variant(root, "sign_mnist").path / "model.onnx").write_bytes(b"garbage")
+    (root / "imdb" / "selected.json").write_text('{"task": "imdb", "variant": "gone"}')
+    app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while not app.state.repository.loading_done:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        answer = client.post("/v1/classify/sign_mnist", json={"pixels": [[0] * 28] * 28}).json()
+    texts = [models["sign_mnist"]["error"], models["imdb"]["error"], answer["error"]]
+    assert "sign_mnist/fixture_mlp/model.onnx: checksum mismatch" in texts[0], texts
+    assert "no variant 'gone'" in texts[1], texts
+    assert all(str(tmp_path) not in t and str(root.resolve()) not in t for t in texts), texts
