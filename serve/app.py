@@ -20,6 +20,7 @@ from serve.fastpath import ClassifyFastPath
 from serve.metrics import ServerMetrics, SharedMetrics
 from serve.middleware import RequestContextMiddleware
 from serve.protocols import friendly, ops, tfserving, triton, v2
+from serve.protocols import grpc as grpc_service
 from serve.repository import ModelRepository
 from serve.responses import SERVER_VERSION
 from serve.settings import Settings
@@ -101,12 +102,19 @@ def _lifespan(repo: ModelRepository, load_models: bool):
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        settings = repo.settings
+        # On uvicorn's loop, beside HTTP: same repository, same batchers.
+        grpc_server = (await grpc_service.start(settings, repo, repo.metrics)
+                       if settings.grpc_port else None)
         loader = asyncio.create_task(load_then_freeze()) if load_models else None
         sharer = (asyncio.create_task(repo.metrics.shared.keep_writing(repo.metrics))
                   if repo.metrics.shared else None)
         yield
         if sharer is not None:
             sharer.cancel()
+        if grpc_server is not None:
+            # Refuse new RPCs and let in-flight ones finish before the batchers drain.
+            await grpc_server.stop(settings.graceful_timeout_s)
         if loader is not None and not loader.done():
             loader.cancel()
         await repo.close()

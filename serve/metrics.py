@@ -140,8 +140,9 @@ class ServerMetrics:
 
 
 def _families(snap: dict):
-    requests = CounterMetricFamily("tinyship_requests", "HTTP requests by model, route "
-                                   "and status", labels=["model", "route", "status"])
+    requests = CounterMetricFamily("tinyship_requests", "Requests by model, route and status "
+                                   "(gRPC: route grpc:<RPC>, status the gRPC code's name)",
+                                   labels=["model", "route", "status"])
     for model, route, status, n in sorted(snap["requests"], key=lambda r: r[:3]):
         requests.add_metric([model, route, str(status)], n)
     yield requests

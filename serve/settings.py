@@ -22,6 +22,7 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"          # loopback by default: exposing the server is a decision
     port: int = 8000
+    grpc_port: int = 8001            # KServe V2 / Triton gRPC (Triton's port); 0 = no gRPC
     workers: int = 1                 # uvicorn worker processes, each loads every model
     artifacts: Path = Path("artifacts")  # ARTIFACTS_DIR; artifact root with <task>/selected.json
     providers: tuple[str, ...] = ("cuda", "cpu")  # ONNX Runtime providers, best first
@@ -62,7 +63,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("threads", "max_queue_delay_us", "repository_poll_s"):
+        for name in ("threads", "max_queue_delay_us", "repository_poll_s", "grpc_port"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from serve import dataplane, docs
 from serve.errors import InvalidArgument, InvalidInput
 from serve.repository import ModelRepository
-from serve.responses import JSON, SERVER_NAME, SERVER_VERSION, json_response
+from serve.responses import JSON, json_response
 
 
 def router(repo: ModelRepository) -> APIRouter:
@@ -25,10 +25,7 @@ def router(repo: ModelRepository) -> APIRouter:
 
     @r.get("/v2", tags=["v2"], summary="Server metadata", responses=docs.SERVER_RESPONSES)
     async def v2_server():
-        return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
-                              "extensions": ["binary_tensor_data", "classification",
-                                             "model_configuration", "model_repository",
-                                             "statistics"]})
+        return json_response(dataplane.v2_server_metadata())
 
     @r.get("/v2/health/live", tags=["v2"], summary="Liveness (the process answers)",
            responses=docs.LIVE_RESPONSES)
