@@ -361,7 +361,12 @@ async def start(settings: Settings, repo: ModelRepository,
         InferenceService(repo, metrics), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6
     address = f"{host}:{settings.grpc_port}"
-    server.add_insecure_port(address)  # raises when the port cannot be bound
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        # Taken by a process that does not share it (SO_REUSEPORT), e.g. a Triton server.
+        raise OSError(f"cannot listen for gRPC on {address}: the port is in use; choose "
+                      "another with --grpc-port, or 0 to serve HTTP only") from None
     await server.start()
     log.info("gRPC inference service on %s", address)
     return server
