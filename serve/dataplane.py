@@ -534,6 +534,7 @@ def tfserving_classify_decode(model: ServedModel, body: bytes) -> np.ndarray:
     Each example holds the model's one input as a feature: a flat list of values (a
     tf.Example feature is a flat list) or the nested example; `context` features are shared
     by every example and may not appear in them, as in TF Serving."""
+    check_json_size(model, body, numbers=True)
     doc = _tfserving_doc(body)
     name = model.input.name
     form = f'{{"examples": [{{"{name}": [<values>]}}, ...]}}'
