@@ -337,6 +337,27 @@ def test_on_uvicorns_loop_message_limit_and_stopped_with_the_app(artifacts, monk
     assert name == "UNAVAILABLE"
 
 
+def test_connections_beyond_max_connections_are_refused(artifacts):
+    s = Server(artifacts, max_connections=2)
+    channels = []
+    try:
+        answers = []
+        for _ in range(3):
+            # Each channel its own connection (no subchannel shared across channels).
+            channels.append(grpc.insecure_channel(s.address,
+                                                  options=[("grpc.use_local_subchannel_pool", 1)]))
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channels[-1])
+            try:
+                answers.append(stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5).live)
+            except grpc.RpcError as e:
+                answers.append(e.code().name)
+        assert answers == [True, True, "UNAVAILABLE"]
+    finally:
+        for channel in channels:
+            channel.close()
+        s.stop()
+
+
 def test_unknown_model_metadata_and_readiness_are_not_found(client):
     for call in (lambda: client.get_model_metadata("nope"),
                  lambda: client.is_model_ready("nope"),

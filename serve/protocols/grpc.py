@@ -352,9 +352,12 @@ async def start(settings: Settings, repo: ModelRepository,
 
     Every worker process binds the same port (SO_REUSEPORT; the kernel spreads connections
     over them), as uvicorn's workers share the HTTP socket. Messages are capped at the HTTP
-    body limit, which grpc enforces with RESOURCE_EXHAUSTED before any decoding."""
+    body limit, which grpc enforces with RESOURCE_EXHAUSTED before any decoding. Open
+    connections are capped at max_connections as on HTTP: grpc refuses those beyond it
+    (UNAVAILABLE), so idle gRPC connections cannot take every file descriptor."""
     options = [("grpc.so_reuseport", 1),
-               ("grpc.max_receive_message_length", settings.max_body_bytes)]
+               ("grpc.max_receive_message_length", settings.max_body_bytes),
+               ("grpc.max_allowed_incoming_connections", settings.max_connections)]
     interceptors = [ApiKeyInterceptor(settings.api_key, metrics)] if settings.api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
