@@ -337,6 +337,26 @@ def test_on_uvicorns_loop_message_limit_and_stopped_with_the_app(artifacts, monk
     assert name == "UNAVAILABLE"
 
 
+def test_server_faults_are_internal_and_logged_and_bugs_hide_their_text(server, client,
+                                                                      monkeypatch, caplog):
+    from serve.errors import InferenceFailed
+
+    repo = server.app.state.repository
+    for fault, words in ((InferenceFailed("model 'imdb' failed on a batch of 1"), "failed on"),
+                         (RuntimeError("secret /srv/path <object at 0x1>"), "internal error")):
+        async def infer(model, x, fault=fault):
+            raise fault
+
+        monkeypatch.setattr(repo, "infer", infer)
+        name, details = status_of(lambda: client.infer("imdb", [infer_input(tokens(1))]))
+        assert name == "INTERNAL" and words in details and "/srv" not in details, details
+    monkeypatch.undo()
+    faults = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any(r.name == "serve.access" and r.fields["status"] == "INTERNAL" for r in faults)
+    assert any(r.name == "serve.grpc" and r.exc_info for r in faults)  # the bug's traceback
+    assert client.infer("imdb", [infer_input(tokens(1))])
+
+
 def test_connections_beyond_max_connections_are_refused(artifacts):
     s = Server(artifacts, max_connections=2)
     channels = []
@@ -387,8 +407,9 @@ def test_rpcs_without_data_behind_them_say_unimplemented(stub):
 
 
 # -- auth and metrics ----------------------------------------------------------------------------
-def test_api_key_protects_everything_but_health(artifacts):
-    s = Server(artifacts, api_key="s3cret")
+def test_api_key_protects_everything_but_health(artifacts, caplog):
+    caplog.set_level("INFO", logger="serve.access")
+    s = Server(artifacts, api_key="s3cret", access_log=True)
     try:
         client = grpcclient.InferenceServerClient(s.address)
         assert client.is_server_live() and client.is_server_ready()
@@ -405,6 +426,10 @@ def test_api_key_protects_everything_but_health(artifacts):
         requests = s.app.state.metrics.requests
         assert requests["-", "grpc:ModelInfer", "UNAUTHENTICATED"] == 2
         assert requests["imdb", "grpc:ModelInfer", "OK"] == 1
+        # The access log has a line per RPC served, as for HTTP requests.
+        lines = [r.fields for r in caplog.records if r.name == "serve.access"]
+        assert {"rpc": "grpc:ModelInfer", "status": "OK", "model": "imdb"}.items() <= \
+            next(f for f in lines if f["rpc"] == "grpc:ModelInfer").items()
     finally:
         s.stop()
 

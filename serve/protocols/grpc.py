@@ -34,6 +34,7 @@ from serve.settings import Settings
 from serve.triton_config import served_model_config
 
 log = logging.getLogger("serve.grpc")
+access_log = logging.getLogger("serve.access")  # the HTTP middleware's access log
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -94,7 +95,8 @@ def error_details(error: ServeError) -> str:
 def _rpc(name: str, model_field: str | None = None):
     """The error boundary and metrics of one RPC: domain errors become their status code, a
     bug becomes INTERNAL without its text (logged with the traceback), and every call is
-    counted as route `grpc:<name>` with the status code's name."""
+    counted as route `grpc:<name>` with the status code's name. Server faults are always
+    logged, every call with the access log on (as on HTTP)."""
     route = f"grpc:{name}"
 
     def wrap(method):
@@ -117,16 +119,24 @@ def _rpc(name: str, model_field: str | None = None):
                 await context.abort(code, "internal error (see the server log)")
             finally:
                 model = getattr(request, model_field) if model_field else "-"
-                self.metrics.observe_request(model if model in self.repo.names else "-",
-                                             route, code.name, time.perf_counter() - start)
+                model = model if model in self.repo.names else "-"  # bounded label values
+                seconds = time.perf_counter() - start
+                self.metrics.observe_request(model, route, code.name, seconds)
+                if self.access_log or code is grpc.StatusCode.INTERNAL:
+                    access_log.log(logging.ERROR if code is grpc.StatusCode.INTERNAL
+                                   else logging.INFO, "request",
+                                   extra={"fields": {"rpc": route, "status": code.name,
+                                                     "ms": round(seconds * 1e3, 3),
+                                                     "model": model}})
         return handler
     return wrap
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, metrics: ServerMetrics):
+    def __init__(self, repo: ModelRepository, metrics: ServerMetrics, access_log: bool = False):
         self.repo = repo
         self.metrics = metrics
+        self.access_log = access_log
 
     # Health and metadata ------------------------------------------------------------------
     @_rpc("ServerLive")
@@ -361,7 +371,7 @@ async def start(settings: Settings, repo: ModelRepository,
     interceptors = [ApiKeyInterceptor(settings.api_key, metrics)] if settings.api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceService(repo, metrics), server)
+        InferenceService(repo, metrics, settings.access_log), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6
     address = f"{host}:{settings.grpc_port}"
     try:
