@@ -5,9 +5,14 @@ malformed requests, status codes with messages for bad input, the API key and me
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,6 +29,7 @@ from serve.protocols.grpc import NOT_SERVED, InferenceService
 from serve.settings import Settings
 from core.artifacts import selected_variant
 from core.runtime import variant_session
+from tests.conftest import REPO
 
 RNG = np.random.default_rng(0)
 
@@ -445,3 +451,56 @@ def test_metrics_count_rpcs_by_model_route_and_status(server, client):
     assert requests["-", "grpc:ModelInfer", "NOT_FOUND"] >= 1  # unknown names: one label
     text = server.app.state.metrics.render().decode()
     assert 'route="grpc:ModelInfer",status="OK"' in text
+
+
+def _listeners(port: int) -> int:
+    """Listening TCP sockets on `port` (Linux /proc/net: one line per socket)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="counts sockets in /proc/net")
+def test_every_worker_binds_the_grpc_port_and_metrics_add_up(tmp_path):
+    artifacts = write_fixture_artifacts(tmp_path / "artifacts")
+    http_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--port", str(http_port),
+                             "--grpc-port", str(grpc_port), "--artifacts", str(artifacts),
+                             "--providers", "cpu", "--workers", "2", "--threads", "1",
+                             "--log-level", "warning"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _listeners(grpc_port) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+        assert _listeners(grpc_port) == 2  # SO_REUSEPORT: one socket per worker
+        sent = 0
+        while sent < 20:
+            assert time.monotonic() < deadline, "gRPC requests kept failing"
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")  # new connection
+            try:
+                client.infer("imdb", [infer_input(tokens(1))])
+                sent += 1
+            except InferenceServerException as e:
+                assert e.status() == "StatusCode.UNAVAILABLE", e  # a worker still loading
+                time.sleep(0.05)
+            finally:
+                client.close()
+        time.sleep(1.5)  # every worker has written its metrics snapshot since
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        line = re.search(r'tinyship_requests_total\{model="imdb",route="grpc:ModelInfer",'
+                         r'status="OK"\} (\S+)', text)
+        assert line and float(line.group(1)) == sent, text[:2000]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not re.search(r'"level": ?"error"', proc.stderr.read())
