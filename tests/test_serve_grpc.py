@@ -289,7 +289,8 @@ BAD = [
      "output parameter 'top'"),
     ("contents in the wrong field", _request(contents={"int_contents": [0] * 784}),
      "INVALID_ARGUMENT", "contents in int_contents"),
-    ("INT32 in int64_contents", _request("imdb", "INT32", (1, 64), contents={"int64_contents": [1] * 64}),
+    ("INT32 in int64_contents", _request("imdb", "INT32", (1, 64),
+                                         contents={"int64_contents": [1] * 64}),
      "INVALID_ARGUMENT", "expected the values in contents.int_contents"),
     # An id beyond int32 is refused, not wrapped (2**40 + 7 once answered as id 7).
     ("int overflow", _request("imdb", "INT64", (1, 64), contents={"int64_contents":
