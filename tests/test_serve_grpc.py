@@ -309,6 +309,23 @@ def test_bad_input_gets_a_status_code_and_a_message(stub, request_, code, words)
     assert "expected" in details and "Traceback" not in details and "/tmp" not in details
 
 
+def test_every_domain_error_has_its_own_status_code():
+    """Each error of the HTTP table maps to a code chosen for it, not to the fallback."""
+    from serve import errors
+    from serve.protocols.grpc import GRPC_STATUS, grpc_status
+
+    for cls in errors.HTTP_STATUS:
+        own = cls.__mro__[:cls.__mro__.index(errors.ServeError)]
+        assert any(c in GRPC_STATUS for c in own), cls
+    def code(cls) -> str:
+        return grpc_status(cls.__new__(cls)).name
+
+    assert {code(errors.InvalidInput), code(errors.TooManyRows)} == {"INVALID_ARGUMENT"}
+    assert code(errors.UnknownModel) == "NOT_FOUND" and code(errors.InferenceFailed) == "INTERNAL"
+    assert {code(errors.ModelNotReady), code(errors.Overloaded)} == {"UNAVAILABLE"}
+    assert code(errors.BodyTooLarge) == "RESOURCE_EXHAUSTED"
+
+
 def test_both_contents_and_raw_contents_are_refused(stub):
     request = _request()
     request.inputs[0].contents.fp32_contents.extend([0.5] * 784)

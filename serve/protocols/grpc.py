@@ -26,8 +26,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from serve import dataplane
 from serve.errors import (BodyTooLarge, InferenceFailed, InvalidArgument, InvalidInput,
-                          InvalidJSON, ModelNotReady, Overloaded, ServeError, TooManyRows,
-                          Unauthorized, UnknownModel)
+                          InvalidJSON, ModelNotReady, NotFound, Overloaded, ServeError,
+                          TooManyRows, Unauthorized)
 from serve.metrics import ServerMetrics
 from serve.repository import ModelRepository
 from serve.settings import Settings
@@ -52,7 +52,7 @@ GRPC_STATUS: dict[type[ServeError], grpc.StatusCode] = {
     InvalidJSON: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownModel: grpc.StatusCode.NOT_FOUND,
+    NotFound: grpc.StatusCode.NOT_FOUND,  # unknown or unloaded model, unknown version
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.UNAVAILABLE,
     BodyTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
