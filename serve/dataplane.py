@@ -29,6 +29,7 @@ import orjson
 from serve.errors import InvalidInput, InvalidJSON, TooManyRows
 from serve.images import INVERT_CHOICES, decode_image
 from serve.model import NUMPY_DTYPES, V2_DATATYPES, ServedModel
+from serve.responses import SERVER_NAME, SERVER_VERSION
 from serve.triton_config import output_labels
 from core.preprocessing import PreprocessingError
 
@@ -295,6 +296,15 @@ def classify_answer(model: ServedModel, probabilities: np.ndarray, k: int, singl
 
 
 # -- Open Inference Protocol (KServe V2) -------------------------------------------------
+# Open Inference Protocol extensions the server speaks, in its metadata (HTTP and gRPC alike).
+V2_EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics",
+                 "model_repository")
+
+
+def v2_server_metadata() -> dict:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(V2_EXTENSIONS)}
+
+
 @dataclass(frozen=True)
 class V2Request:
     inputs: np.ndarray
@@ -364,17 +374,7 @@ def v2_decode(model: ServedModel, body: bytes, header_length: int | None) -> V2R
 
 def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in NUMPY_DTYPES:
-        raise InvalidInput(f"datatype {datatype!r} is not supported",
-                           expected=f"one of {', '.join(sorted(NUMPY_DTYPES))}")
-    if (not isinstance(shape, list) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise InvalidInput(f"shape {shape!r} is not a list of non-negative integers",
-                           expected="e.g. [1, 28, 28, 1]")
-    dtype, count = NUMPY_DTYPES[datatype], math.prod(shape)  # exact: np.prod wraps around
-    if count > MAX_TENSOR_VALUES:
-        raise InvalidInput(f"shape {shape} holds {count:,} values",
-                           expected=f"at most {MAX_TENSOR_VALUES:,} values per input")
+    dtype, count = v2_tensor_layout(datatype, shape)
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if size != len(binary) or size != count * dtype.itemsize:
@@ -385,14 +385,38 @@ def _v2_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
     if "data" not in tensor:
         raise InvalidInput("the input has neither data nor parameters.binary_data_size",
                            expected="data (JSON) or binary tensor data")
-    arr = _numeric_array(tensor["data"], "data")
+    return v2_tensor_from_values(_numeric_array(tensor["data"], "data"), dtype, shape, count)
+
+
+def v2_tensor_layout(datatype, shape) -> tuple[np.dtype, int]:
+    """A V2 tensor's declared datatype and shape, checked -> (numpy dtype, value count). Every
+    transport (HTTP JSON, binary extension, gRPC) checks them here before reading any data."""
+    if datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"datatype {datatype!r} is not supported",
+                           expected=f"one of {', '.join(sorted(NUMPY_DTYPES))}")
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidInput(f"shape {shape!r} is not a list of non-negative integers",
+                           expected="e.g. [1, 28, 28, 1]")
+    count = math.prod(shape)  # exact: np.prod wraps around
+    if count > MAX_TENSOR_VALUES:
+        raise InvalidInput(f"shape {shape} holds {count:,} values",
+                           expected=f"at most {MAX_TENSOR_VALUES:,} values per input")
+    return NUMPY_DTYPES[datatype], count
+
+
+def v2_tensor_from_values(arr: np.ndarray, dtype: np.dtype, shape: list[int], count: int,
+                          what: str = "data") -> np.ndarray:
+    """Numbers sent as values (JSON `data`, gRPC typed contents) -> the tensor that
+    `v2_tensor_layout` checked: integer datatypes take no fractions, the count must match the
+    shape, and integers must fit the datatype (an exact cast, never a wrap-around)."""
     if dtype.kind in "iu" and arr.dtype.kind == "f":
-        raise InvalidInput(f"data holds fractional numbers for datatype {datatype}",
+        raise InvalidInput(f"{what} holds fractional numbers for datatype {V2_DATATYPES[dtype]}",
                            expected="integers")
     if arr.size != count:
-        raise InvalidInput(f"data has {arr.size} values but shape {shape} needs {count}",
+        raise InvalidInput(f"{what} has {arr.size} values but shape {shape} needs {count}",
                            expected=f"{count} values in row-major order")
-    return _cast_exact(arr, dtype, "data").reshape(shape)
+    return _cast_exact(arr, dtype, what).reshape(shape)
 
 
 def _cast_exact(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
