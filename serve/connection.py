@@ -151,6 +151,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.idle = _IDLE.setdefault(server_state, _Idle())
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
+        self._in_body = False  # between the end of its headers and the end of its body
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -176,22 +177,30 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     # -- request head and body -------------------------------------------------------------
+    # A timer runs only while a head or a body is incomplete at the end of a read: nearly every
+    # request arrives whole in one read and costs no timer at all (a call_later and its cancel
+    # are a microsecond, about 1% of a request here).
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._deadline is None and not self.transport.is_closing():
+            if self._in_head:
+                self._arm(self.limits.header_timeout_s, self._head_timed_out)
+            elif self._in_body:
+                self._arm(self.limits.body_timeout_s, self._body_timed_out)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.idle.discard(self)
         self._in_head = True
-        if self._deadline is None:  # a keep-alive connection's next request
-            self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self._in_head = False
+        self._in_head, self._in_body = False, True
         super().on_headers_complete()
-        # Disarmed again in on_message_complete, which follows at once when there is no body.
-        self._arm(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_body = False
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -79,7 +79,7 @@ def test_two_workers_answer_scrapes_with_the_same_totals(tmp_path, workers):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serve", "--port", str(port), "--artifacts",
                              str(artifacts), "--providers", "cpu", "--workers", str(workers),
-                             "--threads", "1", "--log-level", "warning"],
+                             "--threads", "1", "--grpc-port", "0", "--log-level", "warning"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"
