@@ -98,9 +98,11 @@ def serve(settings: Settings) -> None:
             "(set SERVE_API_KEY)", settings.host)
     if settings.workers > 1:
         settings = settings.replace(metrics_dir=_fresh_metrics_dir(settings.metrics_dir))
+    limits = fit_file_limit(ConnectionLimits.from_settings(settings),
+                            listeners=2 if settings.grpc_port else 1)
+    settings = settings.replace(max_connections=limits.max_connections)  # gRPC's cap too
     # Worker processes rebuild the app from the environment: hand them the resolved settings.
     os.environ.update(settings.to_env())
-    limits = fit_file_limit(ConnectionLimits.from_settings(settings))
     # uvicorn.run, with the guarded protocol's config (uvicorn.run builds its own Config).
     config = ServeConfig("serve.app:create_app_from_env", limits=limits, factory=True,
                          host=settings.host, port=settings.port, workers=settings.workers,

@@ -65,14 +65,16 @@ class ServeConfig(uvicorn.Config):
         self.limits = limits
 
 
-def fit_file_limit(limits: ConnectionLimits, spare: int = 256) -> ConnectionLimits:
-    """Raise the process's file limit to hold max_connections sockets plus `spare` other files
+def fit_file_limit(limits: ConnectionLimits, listeners: int = 1,
+                   spare: int = 256) -> ConnectionLimits:
+    """Raise the process's file limit to hold max_connections sockets per listener (HTTP, and
+    gRPC when on: each caps its connections at max_connections) plus `spare` other files
     (models, logs, ORT's threads); where the hard limit is lower, lower the cap to fit it, so
     that connections are closed by the cap's rules instead of failing at accept()."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = limits.max_connections + spare
+    want = listeners * limits.max_connections + spare
     if hard != resource.RLIM_INFINITY and want > hard:
-        fitted = max(1, hard - spare)
+        fitted = max(1, (hard - spare) // listeners)
         log.warning("max_connections %d needs %d file descriptors but the hard limit is %d: "
                     "serving with max_connections %d", limits.max_connections, want, hard,
                     fitted)
