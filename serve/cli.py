@@ -18,7 +18,8 @@ from serve.settings import Settings, SettingsError, env_name, parse_value
 HELP = {
     "host": "interface to bind (0.0.0.0 exposes the server; set an API key then)",
     "port": "TCP port",
-    "grpc_port": "TCP port of the KServe V2 / Triton gRPC service (0: off); every worker binds it",
+    "grpc_port": "TCP port of the KServe V2 / Triton gRPC service, e.g. 8001 (0: off); every "
+                 "worker binds it",
     "workers": "uvicorn worker processes (each loads every model)",
     "artifacts": "artifact root with <task>/selected.json",
     "providers": "ONNX Runtime providers, best first, comma-separated (cuda,cpu)",

@@ -22,7 +22,9 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"          # loopback by default: exposing the server is a decision
     port: int = 8000
-    grpc_port: int = 8001            # KServe V2 / Triton gRPC (Triton's port); 0 = no gRPC
+    # KServe V2 / Triton gRPC, e.g. 8001 (Triton's port); 0 = off. Off by default: an idle gRPC
+    # server on the event loop cost HTTP ~3% of its requests/s at c=32 (serve/README.md).
+    grpc_port: int = 0
     workers: int = 1                 # uvicorn worker processes, each loads every model
     artifacts: Path = Path("artifacts")  # ARTIFACTS_DIR; artifact root with <task>/selected.json
     providers: tuple[str, ...] = ("cuda", "cpu")  # ONNX Runtime providers, best first

@@ -186,7 +186,7 @@ def test_compress_benchmark_select_serve_an_imported_task(files, imported):
     png = sorted((files["folder"] / "7").glob("*.png"))[0]
     session = make_session(chosen.file("model.onnx"), ("cpu",))
     own = session.run(None, {session.get_inputs()[0].name: own_pixels(str(png))[None]})[0][0]
-    with TestClient(create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",)))) as client:
+    with TestClient(create_app(Settings(artifacts=root, providers=("cpu",)))) as client:
         model = loaded_model(client, "digits")
         assert model["state"] == "ready", model
         assert model["kind"] == "image" and model["input_shape"] == [16, 16, 1]
@@ -403,7 +403,7 @@ def test_imported_text_task_is_served_and_preprocessing_reads_yaml(text_files, t
     select_variant(tmp_path, "reviews", variant.name)
     review = "A wonderful, moving film with a great cast."
     p = float(onnx_predict(variant, text_files["tokenizer"]([review]), np.int32)[0, 0])
-    with TestClient(create_app(Settings(grpc_port=0, artifacts=tmp_path, providers=("cpu",)))) as client:
+    with TestClient(create_app(Settings(artifacts=tmp_path, providers=("cpu",)))) as client:
         assert loaded_model(client, "reviews")["state"] == "ready"
         answer = client.post("/v1/classify/reviews?k=2", json={"text": review}).json()
     scores = {t["label"]: t["probability"] for t in answer["top_k"]}

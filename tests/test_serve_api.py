@@ -46,7 +46,7 @@ def start(app) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(artifacts):
-    c = start(create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1)))
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1)))
     yield c
     c.__exit__(None, None, None)
 
@@ -316,7 +316,7 @@ def test_tfserving_predict_instances_and_inputs(client, artifacts):
 
 # -- the JSON fast path (serve.fastpath) and the FastAPI route answer alike ----------------------
 def test_fast_path_and_fastapi_route_give_the_same_answers_and_errors(client, artifacts):
-    slow = start(create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1,
+    slow = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1,
                                      fast_path=False)))
     try:
         requests = [
@@ -433,7 +433,7 @@ def test_protocol_routes_sit_flat_in_the_app_in_matching_order(client):
 
 
 def test_body_limit_answers_413(artifacts):
-    c = start(create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), max_body_bytes=1000)))
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), max_body_bytes=1000)))
     try:
         r = c.post("/v1/classify/fashion_mnist", json={"pixels": pixels()})
         assert r.status_code == 413 and "1,000 bytes" in r.json()["expected"]
@@ -448,7 +448,7 @@ def test_body_limit_answers_413(artifacts):
 
 
 def test_api_key_protects_everything_but_health(artifacts):
-    c = start(create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), api_key="s3cret")))
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), api_key="s3cret")))
     try:
         body = {"text": "nice"}
         assert c.get("/v2/health/ready").status_code == 200
@@ -466,7 +466,7 @@ def test_api_key_protects_everything_but_health(artifacts):
 
 
 def test_not_ready_before_models_are_loaded_and_warm(artifacts):
-    app = create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",)), load_models=False)
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",)), load_models=False)
     with TestClient(app) as c:
         assert c.get("/v2/health/live").status_code == 200
         assert c.get("/v2/health/ready").status_code == 503
@@ -483,7 +483,7 @@ def test_a_corrupt_model_does_not_take_the_others_down(tmp_path):
     root = write_fixture_artifacts(tmp_path)
     variant = selected_variant(root, "sign_mnist")
     (variant.path / "model.onnx").write_bytes(b"garbage")  # checksum no longer matches
-    c = start(create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",))))
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
     try:
         assert c.get("/v2/health/ready").status_code == 200
         r = c.post("/v1/classify/sign_mnist", json={"pixels": pixels()})
@@ -500,7 +500,7 @@ def test_a_corrupt_model_does_not_take_the_others_down(tmp_path):
 def test_a_missing_selection_is_reported_not_fatal(tmp_path):
     root = write_fixture_artifacts(tmp_path)
     (root / "imdb" / "selected.json").unlink()
-    c = start(create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",))))
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
     try:
         r = c.post("/v1/classify/imdb", json={"text": "good"})
         assert r.status_code == 503 and "no variant selected" in r.json()["error"]
@@ -523,7 +523,7 @@ def test_an_unreadable_onnx_file_with_valid_checksums_fails_only_its_model(tmp_p
                         labels=list(SIGN_LETTERS)) as v:
         v.path("model.onnx").write_bytes(b"\x08\x07 not a protobuf")
     select_variant(root, "sign_mnist", "broken")
-    c = start(create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",))))
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",))))
     try:
         models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert models["sign_mnist"]["state"] == "failed" and models["sign_mnist"]["error"]
@@ -550,7 +550,7 @@ def test_settings_from_environment_and_back():
 
 
 def test_cors_preflight_and_headers(artifacts):
-    c = start(create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), api_key="k",
+    c = start(create_app(Settings(artifacts=artifacts, providers=("cpu",), api_key="k",
                                   cors_origins=("http://app.example",))))
     try:
         r = c.options("/v1/classify/imdb", headers={
@@ -607,7 +607,7 @@ def test_a_manifest_with_null_labels_fails_that_model_alone(tmp_path):
     manifest = json.loads(path.read_text())
     manifest["labels"] = None
     path.write_text(json.dumps(manifest))
-    c = start(create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",), threads=1)))
+    c = start(create_app(Settings(artifacts=root, providers=("cpu",), threads=1)))
     try:
         models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert models["fashion_mnist"]["state"] == "ready" and models["imdb"]["state"] == "ready"

@@ -144,7 +144,7 @@ def test_close_answers_every_queued_request_then_refuses_new_ones():
 
 def test_server_merges_concurrent_http_requests_and_matches_answers(tmp_path):
     root = write_fixture_artifacts(tmp_path)
-    app = create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",), threads=1))
+    app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (48, 28, 28))
     variant = selected_variant(root, "fashion_mnist")
@@ -174,7 +174,7 @@ def test_server_merges_concurrent_http_requests_and_matches_answers(tmp_path):
 
 def test_server_answers_503_with_retry_after_when_the_queue_is_full(tmp_path):
     root = write_fixture_artifacts(tmp_path)
-    app = create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",), threads=1, max_queue_size=2))
+    app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1, max_queue_size=2))
     body = {"pixels": np.zeros((28, 28), int).tolist()}
 
     async def main():

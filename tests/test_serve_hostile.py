@@ -41,7 +41,7 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(artifacts):
     port = free_port()
-    app = create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1,
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1,
                               max_body_bytes=MAX_BODY, max_request_rows=256))
     srv = uvicorn.Server(ServeConfig(app, limits=LIMITS, host="127.0.0.1", port=port,
                                      log_level="warning", access_log=False))
@@ -352,7 +352,7 @@ def test_load_errors_name_files_relative_to_the_artifact_root(tmp_path):
     root = write_fixture_artifacts(tmp_path)
     (selected_variant(root, "sign_mnist").path / "model.onnx").write_bytes(b"garbage")
     (root / "imdb" / "selected.json").write_text('{"task": "imdb", "variant": "gone"}')
-    app = create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",), threads=1))
+    app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
     with TestClient(app) as client:
         deadline = time.monotonic() + 30
         while not app.state.repository.loading_done:

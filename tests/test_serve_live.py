@@ -57,7 +57,7 @@ def artifacts(tmp_path_factory):
 def server(artifacts):
     """uvicorn in a thread, as `python -m serve` runs it (uvloop, httptools)."""
     port = free_port()
-    app = create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1))
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                        access_log=False))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -159,8 +159,7 @@ def test_cli_serves_and_shuts_down_gracefully(artifacts):
     port = free_port()
     env = {**os.environ, "SERVE_MAX_BATCH_SIZE": "8"}
     proc = subprocess.Popen([sys.executable, "-m", "serve", "--port", str(port), "--artifacts",
-                             str(artifacts), "--providers", "cpu", "--access-log", "true",
-                             "--grpc-port", "0"],
+                             str(artifacts), "--providers", "cpu", "--access-log", "true"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"

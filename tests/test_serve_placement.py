@@ -24,7 +24,7 @@ def test_same_answers_on_an_onnx_and_a_litert_placement(tiny_artifacts, tmp_path
     top1, probs = {}, {}
     for runtime in ("onnx", "litert"):
         select_variant(root, TASK, VARIANT, reason={"why": "test"}, runtime=runtime)
-        app = create_app(Settings(grpc_port=0, artifacts=root, providers=("cpu",), threads=1))
+        app = create_app(Settings(artifacts=root, providers=("cpu",), threads=1))
         with TestClient(app) as client:
             model = loaded_model(client, TASK)
             assert (model["runtime"], model["placement"]) == (runtime, "cpu")
@@ -61,7 +61,7 @@ def test_a_cuda_request_without_cuda_is_one_warning_line(tiny_artifacts, tmp_pat
 
     served._warn_once.cache_clear()
     with caplog.at_level("WARNING", logger="serve.model"):
-        with TestClient(create_app(Settings(grpc_port=0, artifacts=root, providers=("cuda", "cpu")))) as client:
+        with TestClient(create_app(Settings(artifacts=root, providers=("cuda", "cpu")))) as client:
             assert loaded_model(client, TASK)["placement"] == "cpu"
             loaded_model(client, "sign_mnist")
     warnings = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]

@@ -24,7 +24,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     from schemathesis.python import asgi
 
     artifacts = write_fixture_artifacts(tmp_path, user_task=True)
-    app = create_app(Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1))
+    app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1))
     with asgi.get_client(app) as client:  # starts the app's lifespan: the models load
         try:
             cases, server_errors = _fuzz(app, client)

@@ -30,7 +30,7 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(artifacts):
-    return Settings(grpc_port=0, artifacts=artifacts, providers=("cpu",), threads=1, max_request_rows=64)
+    return Settings(artifacts=artifacts, providers=("cpu",), threads=1, max_request_rows=64)
 
 
 @pytest.fixture(scope="module")

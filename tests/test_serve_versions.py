@@ -46,7 +46,7 @@ def write_versions(root, doc: dict) -> None:
 
 
 def settings(root, **changes) -> Settings:
-    return Settings(**{"grpc_port": 0, "artifacts": root, "providers": ("cpu",), "threads": 1,
+    return Settings(**{"artifacts": root, "providers": ("cpu",), "threads": 1,
                        "repository_poll_s": 0, **changes})
 
 
