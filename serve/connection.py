@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import resource
 import weakref
 from collections import Counter, OrderedDict
@@ -60,6 +61,10 @@ class ServeConfig(uvicorn.Config):
     """uvicorn's Config, serving with `GuardedHttpProtocol` under `limits`."""
 
     def __init__(self, app, *, limits: ConnectionLimits, **kwargs):
+        # The accept queue as deep as the cap (the kernel bounds it by net.core.somaxconn): a
+        # burst of connects beyond it has SYNs dropped, and every client in it, health probes
+        # included, waits a one-second SYN retransmit.
+        kwargs.setdefault("backlog", max(2048, limits.max_connections))
         super().__init__(app, http=GuardedHttpProtocol, timeout_keep_alive=limits.keep_alive_s,
                          **kwargs)
         self.limits = limits
@@ -172,7 +177,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.idle.add(self, fresh=True)
         self._idle = True
         self._phase = self
-        self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+        # Spread over 1-1.5x the timeout: connections opened in one burst (a flood, or clients
+        # reconnecting together) would otherwise all be closed, and reconnect, at once.
+        self._deadline = self.loop.call_later(
+            self.limits.header_timeout_s * (1 + random.random() / 2), self._head_timed_out)
 
     def connection_lost(self, exc) -> None:
         self.idle.discard(self)
