@@ -48,29 +48,44 @@ SIZE_CHECK_BYTES = 64 * 1024
 KEYS_SLACK = 64  # object keys and the odd string beside the rows
 
 
-def check_json_size(model: ServedModel, body: bytes, numbers: bool) -> None:
-    """Refuse, before parsing, a JSON body holding more rows than the model takes.
+class JsonSizeCheck:
+    """Refuse, before parsing, a JSON body holding more rows than the model takes; fed the
+    whole body, or chunk by chunk as it arrives (the fast path), so that no single count holds
+    the event loop and an oversized body is refused before it is all read.
 
     Strings: at least (quotes - escaped quotes) / 2 of them, each text one row. `numbers`
     (a numeric tensor or pixels, no strings but keys): at most as many values as commas + 1,
     bounded by max_request_rows rows of the model's input size.
     """
-    if len(body) < SIZE_CHECK_BYTES:
-        return
-    strings = (body.count(b'"') - body.count(b'\\"')) // 2
-    if strings > model.max_rows + KEYS_SLACK:
-        raise TooManyRows(f"the request holds at least {strings:,} JSON strings",
-                          expected=f"at most {model.max_rows} texts per request (send more "
-                                   "requests; the server batches them)")
-    if numbers:
-        per_row = math.prod(d for d in model.input.shape[1:] if d > 0)
-        limit = model.max_rows * per_row + KEYS_SLACK
-        values = body.count(b",") + 1
-        if values > limit:
-            raise TooManyRows(f"the request holds about {values:,} numbers",
-                              expected=f"at most {model.max_rows} rows of {per_row:,} values "
-                                       "per request (send more requests; the server batches "
-                                       "them)")
+
+    def __init__(self, model: ServedModel, numbers: bool):
+        self.max_rows = model.max_rows
+        self.per_row = math.prod(d for d in model.input.shape[1:] if d > 0) if numbers else 0
+        self.quotes = self.escaped = self.commas = 0
+        self.backslash_at_end = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.quotes += chunk.count(b'"')
+        self.escaped += chunk.count(b'\\"') + (self.backslash_at_end and chunk[:1] == b'"')
+        self.backslash_at_end = chunk[-1:] == b"\\"
+        strings = (self.quotes - self.escaped) // 2
+        if strings > self.max_rows + KEYS_SLACK:
+            raise TooManyRows(f"the request holds at least {strings:,} JSON strings",
+                              expected=f"at most {self.max_rows} texts per request (send more "
+                                       "requests; the server batches them)")
+        if self.per_row:
+            self.commas += chunk.count(b",")
+            if self.commas + 1 > self.max_rows * self.per_row + KEYS_SLACK:
+                raise TooManyRows(f"the request holds more than {self.commas:,} numbers",
+                                  expected=f"at most {self.max_rows} rows of {self.per_row:,} "
+                                           "values per request (send more requests; the "
+                                           "server batches them)")
+
+
+def check_json_size(model: ServedModel, body: bytes, numbers: bool) -> None:
+    """JsonSizeCheck on a whole body, from SIZE_CHECK_BYTES up."""
+    if len(body) >= SIZE_CHECK_BYTES:
+        JsonSizeCheck(model, numbers).feed(body)
 
 
 def parse_json(body: bytes) -> dict:
@@ -111,10 +126,17 @@ EXAMPLE_HINTS = {
 }
 
 
-def friendly_json_inputs(model: ServedModel, body: bytes,
-                         invert: str = "auto") -> tuple[np.ndarray, bool]:
-    """A /v1/classify JSON body -> (model inputs, whether it was a single example)."""
-    check_json_size(model, body, numbers=model.kind == "image")
+def friendly_size_check(model: ServedModel) -> JsonSizeCheck:
+    """The size check of a /v1/classify JSON body (texts count as strings, pixels as numbers)."""
+    return JsonSizeCheck(model, numbers=model.kind == "image")
+
+
+def friendly_json_inputs(model: ServedModel, body: bytes, invert: str = "auto",
+                         size_checked: bool = False) -> tuple[np.ndarray, bool]:
+    """A /v1/classify JSON body -> (model inputs, whether it was a single example);
+    `size_checked`: the fast path ran `friendly_size_check` on it as it arrived."""
+    if not size_checked:
+        check_json_size(model, body, numbers=model.kind == "image")
     if model.kind == "image" and model.preprocess.channels == 1:
         pixels = whole_number_pixels(body, model.preprocess.height, model.preprocess.width)
         if pixels is not None:

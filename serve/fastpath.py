@@ -38,17 +38,19 @@ class _Route(NamedTuple):
 _ROUTE = _Route(ROUTE_PATH)
 
 
-async def classify_json(repo, task: str, query, body: bytes) -> bytes:
+async def classify_json(repo, task: str, query, body: bytes, size_checked: bool = False) -> bytes:
     """The whole JSON classify request: `query` is a mapping of query parameters; returns the
-    answer's bytes or raises a `serve.errors` error."""
+    answer's bytes or raises a `serve.errors` error. `size_checked`: the body went through
+    `dataplane.friendly_size_check` as it arrived."""
     start = time.perf_counter()
     k, invert = dataplane.classify_params(query)
     model = repo.get(task)
     model.require_ready()
     if b'"image_base64"' in body:  # decoding an image: off the event loop (pixels stay on it)
-        x, single = await asyncio.to_thread(dataplane.friendly_json_inputs, model, body, invert)
+        x, single = await asyncio.to_thread(dataplane.friendly_json_inputs, model, body, invert,
+                                            size_checked)
     else:
-        x, single = dataplane.friendly_json_inputs(model, body, invert)
+        x, single = dataplane.friendly_json_inputs(model, body, invert, size_checked)
     raw, timing = await repo.infer(model, x)
     timing["total"] = round((time.perf_counter() - start) * 1e3, 3)
     return dataplane.classify_answer(model, model.probabilities(raw), k, single, timing)
@@ -71,12 +73,13 @@ class ClassifyFastPath:
         scope["route"], scope["path_params"] = _ROUTE, {"task": task}
         status, headers = 200, None
         try:
-            body = await self._read_body(receive)
-            if body is None:
+            read = await self._read_body(receive, task)
+            if read is None:
                 return  # the client went away before sending its request
+            body, size_checked = read
             query = dict(parse_qsl(scope["query_string"].decode("latin-1"),
                                    keep_blank_values=True))
-            payload = await classify_json(self.repo, task, query, body)
+            payload = await classify_json(self.repo, task, query, body, size_checked)
         except ServeError as e:
             status, payload, headers = http_status(e), orjson.dumps(e.as_dict()), e.headers
         # Anything else (a bug) is answered by serve.middleware, the boundary around every route.
@@ -89,13 +92,38 @@ class ClassifyFastPath:
                 return value.startswith(b"multipart/")
         return False
 
-    @staticmethod
-    async def _read_body(receive) -> bytes | None:
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    async def _read_body(self, receive, task: str) -> tuple[bytes, bool] | None:
+        """(The body, whether it was size-checked); None if the client left. A body that
+        comes in several reads is size-checked read by read
+        (`dataplane.friendly_size_check`): an 8 MB body of a million short texts is refused
+        before it is all read, and no single count of it holds the event loop."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body, False  # nearly every request: one read, nothing else to do
+        chunks, check = [body], self._size_check(task)
+        try:
+            while True:
+                if check is not None:
+                    check.feed(chunks[-1])
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    if check is not None:
+                        check.feed(chunks[-1])
+                    return b"".join(chunks), check is not None
+        except ServeError:
+            while message.get("more_body", False):  # read the rest so the client gets the 413
+                message = await receive()
+            raise
+
+    def _size_check(self, task: str):
+        try:
+            model = self.repo.get(task, split=False)
+        except ServeError:
+            return None  # an unknown task: classify_json answers it
+        return dataplane.friendly_size_check(model)

@@ -364,3 +364,21 @@ def test_load_errors_name_files_relative_to_the_artifact_root(tmp_path):
     assert "sign_mnist/fixture_mlp/model.onnx: checksum mismatch" in texts[0], texts
     assert "no variant 'gone'" in texts[1], texts
     assert all(str(tmp_path) not in t and str(root.resolve()) not in t for t in texts), texts
+
+
+def test_the_size_check_gives_the_same_verdict_whatever_the_reads(artifacts):
+    # The fast path counts read by read: an escaped quote split across two reads must not
+    # count as a string (which would refuse a legitimate body).
+    from serve.model import ServedModel
+
+    model = ServedModel("imdb", artifacts, ("cpu",)).load()
+    legit = json.dumps({"texts": ['say \\"yes\\", "no"'] * 200}).encode()
+    flood = json.dumps({"texts": ["good"] * 20000}).encode()
+    for size in (1, 2, 3, 7, 4096, len(legit)):
+        check = dataplane.friendly_size_check(model)
+        for i in range(0, len(legit), size):
+            check.feed(legit[i:i + size])
+        check = dataplane.friendly_size_check(model)
+        with pytest.raises(dataplane.TooManyRows):
+            for i in range(0, len(flood), size * 1000):
+                check.feed(flood[i:i + size * 1000])
