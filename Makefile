@@ -23,7 +23,7 @@ export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all train compress bench bench-gpu serve test test-fast ci clean distclean
+.PHONY: help setup all train train-multiworker compress bench bench-gpu serve test test-fast ci clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,14 @@ all: train compress bench ## train, compress and benchmark the served tasks
 
 train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into artifacts/
 	$(PY) -m trainer train-all --artifacts $(ARTIFACTS) --jobs $(TRAIN_JOBS)
+
+# Two trainer processes on this machine form one MultiWorkerMirroredStrategy cluster (TF_CONFIG
+# with loopback ports); worker 0 is the chief and writes fashion_mnist/fashion_mlp-<WORKERS>workers.
+WORKERS ?= 2
+
+train-multiworker: setup ## train fashion_mlp for 1 epoch with WORKERS=2 multi-worker processes
+	$(PY) -m trainer.distribute --workers $(WORKERS) --timeout 600 -- train --model fashion_mlp \
+		--epochs 1 --variant fashion_mlp-$(WORKERS)workers --artifacts $(ARTIFACTS)
 
 compress: setup ## derive pruned/quantized/factorized variants and select one per task
 	$(PY) -m compress run-all --artifacts $(ARTIFACTS) --jobs $(COMPRESS_JOBS)

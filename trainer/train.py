@@ -9,8 +9,10 @@ The building blocks (`prepare_data`, `build_model`, `fit`, `evaluate`) are in `t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,8 +181,9 @@ def up_to_date_variant(task_name: str, model_name: str, *, overrides: dict | Non
 
 def train_variant(task_name: str, model_name: str, *, recipe_file: dict | None = None,
                   overrides: dict | None = None, data_dir=None, artifacts=None,
-                  variant: str | None = None) -> Variant:
-    """The whole `python -m trainer train` command: resolve, train, evaluate, write."""
+                  variant: str | None = None) -> Variant | None:
+    """The whole `python -m trainer train` command: resolve, train, evaluate, write. A
+    multi-worker worker that is not the chief writes nothing and returns None."""
     task = get_task(task_name)
     check_model_fits_task(model_name, task)
     recipe = resolved_recipe(model_name, recipe_file, overrides)
@@ -194,13 +197,19 @@ def train_variant(task_name: str, model_name: str, *, recipe_file: dict | None =
           f"{len(data.x_val)} val, {len(data.x_test)} test examples from {data.train_source}",
           flush=True)
     result = train_model(model_name, data, recipe, artifacts)
-    v = save_variant(
-        artifacts, task=data.task, model_name=model_name, variant=variant or model_name,
-        model=result.model, preprocessor=data.preprocessor, x_test=data.x_test,
-        y_test=data.y_test, metrics=result.metrics,
-        lineage={"parent": None, "technique": "train", "params": recipe.to_dict()},
-        history=result.history, recipe=recipe.to_dict(),
-        extra={**result.extra, "training_key": training_key(task, recipe, data_dir, artifacts)})
+    chief = result.extra["distribute"]["chief"]
+    # A multi-worker model's save runs collective operations, so every worker saves; only the
+    # chief's copy is kept, the others write into a temporary folder and remove it.
+    with contextlib.nullcontext(artifacts) if chief else \
+            tempfile.TemporaryDirectory(prefix="tinyship-worker-") as root:
+        v = save_variant(
+            root, task=data.task, model_name=model_name, variant=variant or model_name,
+            model=result.model, preprocessor=data.preprocessor, x_test=data.x_test,
+            y_test=data.y_test, metrics=result.metrics,
+            lineage={"parent": None, "technique": "train", "params": recipe.to_dict()},
+            history=result.history, recipe=recipe.to_dict(),
+            extra={**result.extra, "training_key": training_key(task, recipe, data_dir, artifacts)})
+    where = v.path if chief else f"not kept ({result.extra['distribute']['task']} is not the chief)"
     print(f"[trainer] {task_name}/{v.name}: test accuracy {result.metrics['test_accuracy']:.4f} "
-          f"({result.metrics['train_seconds']:.0f} s training) -> {v.path}", flush=True)
-    return v
+          f"({result.metrics['train_seconds']:.0f} s training) -> {where}", flush=True)
+    return v if chief else None
