@@ -93,6 +93,41 @@ def replace_with_chain(config: dict, name: str, chain: list) -> None:
     config["layers"][position:position + 1] = new_entries
 
 
+def _rewire(config: dict, old: str, new: str) -> None:
+    """Every reference to layer `old`'s output (inbound nodes, model outputs) now reads `new`."""
+    for entry in config["layers"]:
+        if entry["name"] == new:
+            continue
+        for node in entry.get("inbound_nodes") or []:
+            for ref in node:
+                if ref[0] == old:
+                    ref[0] = new
+    for ref in config["output_layers"]:
+        if ref[0] == old:
+            ref[0] = new
+
+
+def bypass(config: dict, name: str) -> None:
+    """Remove single-input layer `name`, in place: its users read its input instead."""
+    entry = layer_entries(config)[name]
+    inbound = inbound_names(entry)
+    if len(inbound) != 1 or is_shared(entry):
+        raise UnsupportedLayerError(f"layer {name!r} has {len(inbound)} inputs / "
+                                    f"{len(entry.get('inbound_nodes') or [])} call sites; only a "
+                                    f"single-input, single-use layer can be bypassed")
+    _rewire(config, name, inbound[0])
+    config["layers"].remove(entry)
+
+
+def insert_after(config: dict, name: str, layer) -> None:
+    """Call the new `layer` on layer `name`'s output, in place: `name`'s users (and the model
+    outputs) read the new layer instead."""
+    entry = new_layer_entry(layer, [name])
+    _rewire(config, name, layer.name)
+    entries = config["layers"]
+    entries.insert(entries.index(layer_entries(config)[name]) + 1, entry)
+
+
 @dataclass
 class Rebuild:
     """A config to build plus the weights of the layers whose weights changed (by name);

@@ -180,9 +180,11 @@ def run_step(run: Run, step, parent: Variant, parent_row: dict) -> Variant:
     inputs = Inputs(parent, lambda: run.keras_model(parent), run.data.train_x, run.data.train_y,
                     run.data.train_x[: run.recipe.calibration_size],
                     parent.output.activation,
-                    len(parent.labels), run.recipe.epochs)
+                    len(parent.labels), run.recipe.epochs,
+                    lambda other: run.keras_model(artifacts.find_variant(run.root, parent.task, other)))
     started = time.perf_counter()
-    lineage = {"parent": parent.name, "technique": technique.name, "params": dict(step.params)}
+    lineage = {"parent": parent.name, "technique": technique.name, "params": dict(step.params),
+               "teacher": technique.teacher(step.params, parent.name)}
     with artifacts.create_variant(
             run.root, task=parent.task, model=parent.model, variant=name, lineage=lineage,
             input=parent.input, output=parent.output,

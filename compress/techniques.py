@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress import factorize, graph, structured
+from compress import factorize, fcn, graph, structured
 from compress.errors import InvalidParameterError, UnknownTechniqueError
 from compress.training import FineTune
 
@@ -64,6 +64,7 @@ class Inputs:
     activation: str
     num_classes: int
     default_epochs: int
+    load_variant_model: Callable | None = None  # (variant name of the task) -> tf_keras model
 
 
 @dataclass
@@ -107,6 +108,11 @@ class Technique(abc.ABC):
     def check(self, params: dict) -> None:
         """Cross-parameter checks (override)."""
 
+    def teacher(self, params: dict, parent: str) -> str | None:
+        """The variant whose outputs the step trains on (the manifest's lineage.teacher): the
+        parent when a fine-tune is distilled from it."""
+        return parent if params.get("distill") and self.trains else None
+
     @abc.abstractmethod
     def suffix(self, params: dict) -> str:
         """The variant name's suffix: `<parent>-<suffix>`."""
@@ -118,7 +124,7 @@ class Technique(abc.ABC):
     def fine_tune_settings(self, inputs: Inputs, params: dict) -> FineTune:
         epochs = params["epochs"] if params["epochs"] is not None else inputs.default_epochs
         return FineTune(epochs, params["learning_rate"], params["batch_size"],
-                        params["distill"], params["alpha"])
+                        params.get("distill", False), params["alpha"])
 
     def fine_tune(self, model, inputs: Inputs, params: dict, teacher=None, callbacks=()) -> dict:
         from compress.training import fine_tune
@@ -229,40 +235,171 @@ class Separable(GraphRewrite):
     rewriter = factorize.apply_separable
 
 
-class LowRank(GraphRewrite):
+def _is_unit_fraction(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)
+
+
+RANK = {
+    "rank": Param(None, lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "rank_ratio": Param(None, _is_unit_fraction, "null or a fraction of the full rank in (0, 1]"),
+    "energy": Param(None, _is_unit_fraction,
+                    "null or the fraction in (0, 1] of the squared singular values to keep"),
+}
+
+
+class _RankChoice:
+    """rank, rank_ratio or energy (factorize.choose_rank): exactly one; rank_ratio 0.25 when
+    none is given."""
+
+    def check(self, p):
+        if p["rank"] is None and p["rank_ratio"] is None and p["energy"] is None:
+            p["rank_ratio"] = 0.25
+        error = factorize.rank_spec_error(p["rank"], p["rank_ratio"], p["energy"])
+        if error:
+            raise InvalidParameterError(f"technique {self.name!r}: {error}")
+
+    @staticmethod
+    def rank_suffix(p) -> str:
+        if p["rank"] is not None:
+            return f"k{p['rank']}"
+        if p["energy"] is not None:
+            return f"e{_fmt(p['energy'])}"
+        return f"r{_fmt(p['rank_ratio'])}"
+
+
+class LowRank(_RankChoice, GraphRewrite):
     name = "lowrank"
-    description = "Dense/Embedding -> low-rank pair from a truncated SVD, fine-tune"
+    description = ("Dense/Embedding (and Conv2D through layer_classes: k x k conv to r filters "
+                   "+ 1x1) -> low-rank pair from a truncated SVD, fine-tune")
     params = {
-        "rank": Param(None, lambda v: v is None or (_is_int(v) and v >= 1),
-                      "null or an integer >= 1"),
-        "rank_ratio": Param(None, lambda v: v is None or (
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
-            "null or a fraction of the full rank in (0, 1]"),
+        **RANK,
+        "layer_classes": Param(list(factorize.LOW_RANK_DEFAULT_CLASSES), lambda v: _is_names(v)
+                               and len(v) > 0 and set(v) <= set(factorize.LOW_RANK),
+                               f"a non-empty list of {', '.join(factorize.LOW_RANK)}"),
         "skip_layers": SKIP,
         **FINE_TUNE,
         "distill": Param(True, FINE_TUNE["distill"].check, FINE_TUNE["distill"].expected),
     }
 
-    def check(self, p):
-        if p["rank"] is None and p["rank_ratio"] is None:
-            p["rank_ratio"] = 0.25
-        if p["rank"] is not None and p["rank_ratio"] is not None:
-            raise InvalidParameterError(
-                f"technique {self.name!r}: give rank or rank_ratio, not both "
-                f"(got rank={p['rank']}, rank_ratio={p['rank_ratio']})")
+    def suffix(self, p):
+        classes = "" if sorted(p["layer_classes"]) == sorted(factorize.LOW_RANK_DEFAULT_CLASSES) \
+            else "-" + "-".join(sorted(c.lower() for c in p["layer_classes"]))
+        return f"lowrank-{self.rank_suffix(p)}{classes}"
+
+    @staticmethod
+    def planner(model, rank, rank_ratio, energy, layer_classes, skip_layers):
+        return factorize.plan_low_rank(model, rank, rank_ratio, skip_layers, energy=energy,
+                                       layer_classes=tuple(layer_classes))
+
+    plan_params = ("rank", "rank_ratio", "energy", "layer_classes", "skip_layers")
+    rewriter = factorize.apply_low_rank
+
+
+class Bottleneck(_RankChoice, GraphRewrite):
+    name = "bottleneck"
+    description = "k x k Conv2D -> 1x1 reduction to r channels + k x k conv (SVD init), fine-tune"
+    params = {
+        **RANK,
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        "distill": Param(True, FINE_TUNE["distill"].check, FINE_TUNE["distill"].expected),
+    }
 
     def suffix(self, p):
-        return f"lowrank-k{p['rank']}" if p["rank"] is not None else f"lowrank-r{_fmt(p['rank_ratio'])}"
+        return f"bottleneck-{self.rank_suffix(p)}"
 
-    planner = factorize.plan_low_rank
-    plan_params = ("rank", "rank_ratio", "skip_layers")
-    rewriter = factorize.apply_low_rank
+    planner = factorize.plan_bottleneck
+    plan_params = ("rank", "rank_ratio", "energy", "skip_layers")
+    rewriter = factorize.apply_bottleneck
+
+
+class FcToConv(GraphRewrite):
+    name = "fc_to_conv1x1"
+    description = ("Flatten/global-pooling + Dense head -> convolutions (fully convolutional), "
+                   "weights carried over exactly; optional fine-tune")
+    params = {
+        "skip_layers": SKIP,
+        **FINE_TUNE,
+        # The rewrite is exact: fine-tuning is an option, not a repair.
+        "epochs": Param(0, FINE_TUNE["epochs"].check, FINE_TUNE["epochs"].expected),
+    }
+
+    def suffix(self, p):
+        return "fc-to-conv" + (f"-ft{p['epochs']}" if p["epochs"] else "")
+
+    planner = fcn.plan_fc_to_conv
+    plan_params = ("skip_layers",)
+    rewriter = fcn.apply_fc_to_conv
+
+
+def _is_name_or_none(v) -> bool:
+    return v is None or (isinstance(v, str) and len(v) > 0)
+
+
+class Distill(Technique):
+    name = "distill"
+    description = ("knowledge distillation at temperature T (KL on softened log-probabilities): "
+                   "a teacher variant trains the parent variant or a fresh zoo model")
+    trains = True
+    params = {
+        # Neither given: self-distillation, the parent fine-tuned on its own softened outputs.
+        "teacher": Param(None, _is_name_or_none,
+                         "null (the parent) or the name of a variant of this task"),
+        "student": Param(None, _is_name_or_none,
+                         "null (the parent variant) or a trainer zoo model name (trained from scratch)"),
+        "temperature": Param(4.0, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                             and 0 < v <= 100, "a number in (0, 100]"),
+        "alpha": Param(0.1, FINE_TUNE["alpha"].check, FINE_TUNE["alpha"].expected),
+        "epochs": FINE_TUNE["epochs"],
+        "learning_rate": FINE_TUNE["learning_rate"],
+        "batch_size": FINE_TUNE["batch_size"],
+    }
+
+    def teacher(self, params, parent):
+        return params["teacher"] or parent
+
+    def suffix(self, p):
+        student = f"-{p['student']}" if p["student"] else ""
+        teacher = f"-from-{p['teacher']}" if p["teacher"] else ""
+        return f"distill{student}{teacher}-t{_fmt(p['temperature'])}"
+
+    def apply(self, inputs, p, out_dir):
+        from compress import distill
+        from core.manifest import ArtifactError
+
+        teacher_name = self.teacher(p, inputs.parent.name)
+        try:
+            teacher = (inputs.load_parent_model() if teacher_name == inputs.parent.name
+                       else inputs.load_variant_model(teacher_name))
+        except ArtifactError as e:
+            raise InvalidParameterError(
+                f"technique {self.name!r}: teacher={teacher_name!r}: {e}") from None
+        if p["student"]:
+            spec = inputs.parent.input
+            student = distill.zoo_student(p["student"], tuple(spec.shape[1:]), inputs.num_classes,
+                                          spec.kind)
+        else:
+            from core.tf_setup import keras
+
+            # A copy: the parent's loaded model is shared by the run (it may be the teacher).
+            parent = inputs.load_parent_model()
+            student = keras.models.clone_model(parent)
+            student.set_weights(parent.get_weights())
+        settings = self.fine_tune_settings(inputs, {**p, "distill": True})
+        history = distill.distill(student, teacher, inputs.train_x, inputs.train_y,
+                                  temperature=p["temperature"], alpha=p["alpha"],
+                                  epochs=settings.epochs, learning_rate=settings.learning_rate,
+                                  batch_size=settings.batch_size)
+        plan = {"teacher": teacher_name, "student": p["student"] or inputs.parent.name,
+                "student_from_scratch": bool(p["student"]), "temperature": p["temperature"],
+                "alpha": p["alpha"], "loss": "alpha*CE + (1-alpha)*T^2*KL(log-probabilities / T)"}
+        return Outcome(plan, student, history=history)
 
 
 class QuantizationAware(Technique):
     name = "qat"
-    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + ONNX with QDQ on the "
-                   "activations (weights stored as their fake-quantized float values)")
+    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + int8 QDQ ONNX (int8 "
+                   "weights and int32 biases at the QAT grids, activations at the QAT ranges)")
     trains = True
     params = {
         "skip_layers": SKIP,
@@ -275,28 +412,16 @@ class QuantizationAware(Technique):
 
     def apply(self, inputs, p, out_dir):
         from compress import quantize
-        from core.export import export_onnx
 
         source = inputs.load_parent_model()
         qat, plan = quantize.qat_model(source, p["skip_layers"])
         history = self.fine_tune(qat, inputs, p)
-        export_onnx(qat, out_dir / "model.onnx")
+        onnx_plan = quantize.qat_onnx(qat, out_dir / "model.onnx")
         (out_dir / "model.tflite").write_bytes(quantize.qat_tflite(qat))
         # A QAT model reloads only inside tfmot's quantize_scope, so the deployable forms
         # (ONNX, TFLite) are what the variant carries.
-        return Outcome({"layers": plan}, qat, ["model.onnx", "model.tflite"],
-                       reference_model=qat, history=history, save_keras=False,
-                       onnxruntime_options=self.onnxruntime_options(p))
-
-    def onnxruntime_options(self, p: dict) -> dict:
-        # tf2onnx folds the weights' fake quantization into float constants, between QDQ pairs
-        # on the activations. Two ORT transformers then misread the graph:
-        #  - QDQ propagation moves activation QDQ pairs around MaxPool and Reshape, which then
-        #    run on uint8 in slow NCHW kernels (about twice the float latency);
-        #  - WeightBiasQuantization re-quantizes those float weights on its own terms, which
-        #    changes the top class of depthwise-conv models (MobileNetV2) against Keras.
-        # The numbers behind both are in docs/measurements.md.
-        return {"disabled_optimizers": ["QDQPropagationTransformer", "WeightBiasQuantization"]}
+        return Outcome({"layers": plan, "onnx": onnx_plan}, qat, ["model.onnx", "model.tflite"],
+                       reference_model=qat, history=history, save_keras=False)
 
 
 class TFLitePostTraining(Technique):
@@ -406,7 +531,8 @@ class OnnxFloat16(_OnnxPostTraining):
 
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MagnitudePrune(), ChannelPrune(), Separable(), LowRank(), QuantizationAware(),
+    MagnitudePrune(), ChannelPrune(), Separable(), LowRank(), Bottleneck(), FcToConv(), Distill(),
+    QuantizationAware(),
     TFLitePostTraining(), OnnxDynamicInt8(), OnnxStaticInt8(), OnnxFloat16(),
 )}
 

@@ -220,7 +220,8 @@ class VariantBuilder:
             out = OutputSpec(out_name, out.width, out.activation)
         return m.replace(input=inp, output=out, metrics=self.metrics, extra=self.extra,
                          runtime=self.runtime, files=_file_table(self.dir),
-                         lineage=Lineage(m.lineage.parent, m.lineage.technique, self.params))
+                         lineage=Lineage(m.lineage.parent, m.lineage.technique, self.params,
+                                         m.lineage.teacher))
 
 
 def _input_spec(spec: InputSpec | dict, preprocessing: dict) -> InputSpec:

@@ -9,7 +9,8 @@ Schema (version 2; what each field means):
 
     schema_version  int, SCHEMA_VERSION
     task, model, variant, created (ISO-8601 UTC)
-    lineage         parent variant (or null), technique, params
+    lineage         parent variant (or null), technique, params, and teacher (the variant
+                    whose outputs were distillation targets; only when there was one)
     input           tensor name, dtype, shape ([null, ...], batch first), kind:
                     "image" (NHWC: height, width, channels), "text" (token ids; the tokenizer is
                     the preprocessing section) or "vector"
@@ -170,6 +171,9 @@ class Lineage:
     parent: str | None
     technique: str
     params: Mapping = field(default_factory=dict)
+    # The variant whose outputs were training targets (distillation), or None. Optional and
+    # written only when set, so version-2 manifests without it read unchanged.
+    teacher: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "params", _frozen(self.params))
@@ -180,14 +184,20 @@ class Lineage:
         return self.parent is None and self.technique in ROOT_TECHNIQUES
 
     def to_dict(self) -> dict:
-        return {"parent": self.parent, "technique": self.technique, "params": plain(self.params)}
+        out = {"parent": self.parent, "technique": self.technique, "params": plain(self.params)}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Lineage":
         for key in ("parent", "technique"):
             if key not in d:
                 raise ArtifactError(f"lineage must have {key!r}, got keys {sorted(d)}")
-        return cls(d.get("parent"), str(d["technique"]), d.get("params", {}))
+        teacher = d.get("teacher")
+        if teacher is not None and not isinstance(teacher, str):
+            raise ArtifactError(f"lineage teacher must be a variant name, got {teacher!r}")
+        return cls(d.get("parent"), str(d["technique"]), d.get("params", {}), teacher)
 
 
 @dataclass(frozen=True)
