@@ -3,7 +3,9 @@ rate, batch size, optimizer, dropout and width, with trials pruned on validation
 
 Studies live in an Optuna storage: by default a SQLite file in the output folder, so an
 interrupted search resumes where it stopped (run the same command again); any storage URL
-(e.g. postgresql://...) lets several machines search one study. Each run writes
+(e.g. postgresql://...) lets several processes or machines search one study: each tags its
+trials with host:pid, and all stop once the study holds the requested number of trials (give
+each process its own --seed: samplers seeded alike propose the same values). Each run writes
 `results.csv`, `results.md` (one row per trial) and `best_recipe.json` (only the values that
 differ from the model's defaults; pass it to `python -m trainer train --recipe`).
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,44 @@ def default_storage(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'search.db').resolve()}"
 
 
+def open_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """Connect to an Optuna RDB storage (SQLite file, PostgreSQL, MySQL: any SQLAlchemy URL).
+
+    Processes that start together on an empty database race to create Optuna's tables; the
+    loser sees the winner's half-made schema as an integrity or duplicate-table error, and
+    connecting again finds the tables complete."""
+    import sqlalchemy.exc
+
+    try:
+        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise SearchError(f"--storage {url!r} is not a database URL; expected e.g. "
+                          f"sqlite:///search.db or postgresql://user:password@host:5432/db") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.NoSuchModuleError,
+                ImportError) as e:  # server unreachable or refusing; no such dialect or driver
+            reason = str(e).strip().splitlines()[0]
+            raise SearchError(f"cannot open the Optuna storage {shown}: {reason}") from None
+
+
+def record_worker(objective):
+    """Tag each trial with the process that runs it (host:pid), so a study shared by several
+    processes shows which one ran what (results.csv's worker column)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def tagged(trial):
+        trial.set_user_attr("worker", worker)
+        return objective(trial)
+
+    return tagged
+
+
 class PruneOnValidation:
     """Keras callback factory: report the monitored metric each epoch; stop unpromising trials."""
 
@@ -118,7 +160,8 @@ def run_search(task: str, model: str, *, sampler: str = "tpe", n_trials: int = 1
         raise RecipeError("a search ranks trials on validation accuracy: set validation_split > 0")
     data = prepare_data(task, base_recipe, data_dir)
     study = optuna.create_study(
-        study_name=study_name or f"{task}-{model}", storage=storage or default_storage(out_dir),
+        study_name=study_name or f"{task}-{model}",
+        storage=open_storage(storage or default_storage(out_dir)),
         sampler=make_sampler(sampler, tuple(params), seed), direction="maximize",
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         load_if_exists=True)
@@ -140,7 +183,11 @@ def run_search(task: str, model: str, *, sampler: str = "tpe", n_trials: int = 1
     print(f"[search] study {study.study_name!r}: {done} trials done, running {remaining} more "
           f"({sampler} sampler)", flush=True)
     if remaining:
-        study.optimize(objective, n_trials=remaining, catch=())
+        # Other processes may share the study: stop once it holds n_trials finished ones,
+        # whoever ran them (a trial in flight elsewhere can add one more).
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        study.optimize(record_worker(objective), n_trials=remaining, catch=(),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=finished)])
     write_results(study, out_dir, model, base)
     return study
 
@@ -155,7 +202,7 @@ def write_results(study: optuna.Study, out_dir: Path, model: str, base_overrides
         rows.append({"trial": t.number, "state": t.state.name,
                      "val_accuracy": None if t.value is None else round(t.value, 4),
                      "epochs": len(t.intermediate_values), "seconds": seconds and round(seconds, 1),
-                     **t.params})
+                     "worker": t.user_attrs.get("worker"), **t.params})
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
