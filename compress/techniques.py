@@ -398,8 +398,8 @@ class Distill(Technique):
 
 class QuantizationAware(Technique):
     name = "qat"
-    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + int8 QDQ ONNX (int8 "
-                   "weights and int32 biases at the QAT grids, activations at the QAT ranges)")
+    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + ONNX with QDQ on the "
+                   "activations (weights stored as their fake-quantized float values)")
     trains = True
     params = {
         "skip_layers": SKIP,
@@ -410,18 +410,34 @@ class QuantizationAware(Technique):
     def suffix(self, p):
         return "qat-int8"
 
+    def teacher(self, params, parent):
+        # The QAT fine-tune trains on the labels only, whatever `distill` says.
+        return None
+
     def apply(self, inputs, p, out_dir):
         from compress import quantize
+        from core.export import export_onnx
 
         source = inputs.load_parent_model()
         qat, plan = quantize.qat_model(source, p["skip_layers"])
         history = self.fine_tune(qat, inputs, p)
-        onnx_plan = quantize.qat_onnx(qat, out_dir / "model.onnx")
+        export_onnx(qat, out_dir / "model.onnx")
         (out_dir / "model.tflite").write_bytes(quantize.qat_tflite(qat))
         # A QAT model reloads only inside tfmot's quantize_scope, so the deployable forms
         # (ONNX, TFLite) are what the variant carries.
-        return Outcome({"layers": plan, "onnx": onnx_plan}, qat, ["model.onnx", "model.tflite"],
-                       reference_model=qat, history=history, save_keras=False)
+        return Outcome({"layers": plan}, qat, ["model.onnx", "model.tflite"],
+                       reference_model=qat, history=history, save_keras=False,
+                       onnxruntime_options=self.onnxruntime_options(p))
+
+    def onnxruntime_options(self, p: dict) -> dict:
+        # tf2onnx folds the weights' fake quantization into float constants, between QDQ pairs
+        # on the activations. Two ORT transformers then misread the graph:
+        #  - QDQ propagation moves activation QDQ pairs around MaxPool and Reshape, which then
+        #    run on uint8 in slow NCHW kernels (about twice the float latency);
+        #  - WeightBiasQuantization re-quantizes those float weights on its own terms, which
+        #    changes the top class of depthwise-conv models (MobileNetV2) against Keras.
+        # The numbers behind both are in docs/measurements.md.
+        return {"disabled_optimizers": ["QDQPropagationTransformer", "WeightBiasQuantization"]}
 
 
 class TFLitePostTraining(Technique):

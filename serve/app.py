@@ -27,6 +27,9 @@ from serve.settings import Settings
 
 log = logging.getLogger("serve.app")
 
+# Middle-generation collections between two full ones (CPython's default: 10).
+FULL_COLLECTION_EVERY = 100
+
 CORS = {"allow_methods": ("GET", "POST"),
         "allow_headers": ("Authorization", "Content-Type", "X-Request-ID",
                           "Inference-Header-Content-Length"),
@@ -97,6 +100,12 @@ def _lifespan(repo: ModelRepository, load_models: bool):
         # this heap takes tens of milliseconds, which would otherwise land in the p99.
         gc.collect()
         gc.freeze()
+        # What is not frozen still gets traversed by every full collection: 5,000 open idle
+        # connections made each one 20 ms (0.4 ms without), and CPython ran one every ~100
+        # young collections, about one a second under load. Ten times fewer keep those pauses
+        # out of the p99; young collections, which free the request garbage, are unchanged.
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
         # Then reload what changes on disk (selected.json, versions.json) until shutdown.
         await repo.watch()
 
