@@ -292,8 +292,11 @@ def _verdict(rounds: list[dict], settings: AbuseSettings) -> dict:
             if good["errors"] or good["wrong_answers"]:
                 problems.append(f"round {i} {name}: {good['errors']} failed and "
                                 f"{good['wrong_answers']} wrong good requests")
-            if health["failures"] or (health["max_ms"] or 0) > settings.max_probe_ms:
-                problems.append(f"round {i} {name}: health probe worst {health['max_ms']:.1f} "
+            # The probe limit judges the abused phase; the clean one shows what the machine
+            # itself allows (on a busy machine it can miss the limit with no abuser at all).
+            if name == "abused" and (health["failures"]
+                                     or (health["max_ms"] or 0) > settings.max_probe_ms):
+                problems.append(f"round {i} {name}: health probe worst {health['max_ms'] or 0:.1f} "
                                 f"ms, failures {health['failures']}")
         if r["p99_ratio"] is None or r["p99_ratio"] > settings.max_p99_ratio:
             problems.append(f"round {i}: abused p99 is {r['p99_ratio']:.2f}x the clean p99 "
