@@ -2,7 +2,8 @@
 post-training ONNX Runtime quantization.
 
 - QAT: `quantize_apply` on a clone whose supported layers are annotated; exported to an
-  int8 TFLite model and, through tf2onnx, to a QDQ ONNX graph. A layer with weights that
+  int8 TFLite model and, through tf2onnx plus `qat_int8_onnx`, to a QDQ ONNX graph with int8
+  weights that ONNX Runtime runs on int8 kernels. A layer with weights that
   TFMOT's default 8-bit scheme cannot quantize (e.g. Embedding) is an error naming it,
   unless it is in skip_layers (then it stays float).
 - TFLite post-training: "dynamic" (int8 weights, float activations), "int8" (full integer,
@@ -85,6 +86,19 @@ def qat_model(model, skip_layers=()):
         private_copy, clone_function=lambda layer: annotate(layer) if plan.get(layer.name) == "int8" else layer)
     with tfmot.quantization.keras.quantize_scope():
         return tfmot.quantization.keras.quantize_apply(annotated), plan
+
+
+def qat_onnx(qat, dst: Path) -> dict:
+    """The QAT model as an int8-compute ONNX file (tf2onnx, then `qat_int8_onnx`); returns
+    the rewrite's per-node plan."""
+    import tempfile
+
+    from core.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as work:
+        exported = Path(work) / "tf2onnx.onnx"
+        export_onnx(qat, exported)
+        return qat_int8_onnx(exported, Path(dst))
 
 
 def qat_tflite(qat) -> bytes:
@@ -204,3 +218,243 @@ def onnx_float16(src: Path, dst: Path) -> None:
 
     converted = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(converted, str(dst))
+
+
+# ------------------------------------------------------------------ QAT ONNX as int8 compute
+
+# Ops whose output is an exact rearrangement or selection of their input's values: a tensor
+# that left a DequantizeLinear is still on that DequantizeLinear's grid after them, so a
+# QuantizeLinear/DequantizeLinear pair with the same scale and zero point is lossless there.
+GRID_PRESERVING_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+                       "Identity")
+# Weight input -> per-channel axis of the weight (None: per tensor). TFMOT's default 8-bit
+# scheme quantizes Conv2D/DepthwiseConv2D kernels per output channel (after tf2onnx both are
+# ONNX Conv, OIHW) and Dense kernels per tensor.
+QAT_WEIGHT_AXIS = {"Conv": 0, "MatMul": None, "Gemm": None}
+# How far a float weight may sit from its int8 grid point, in grid steps. The weights tf2onnx
+# folds from TFMOT's fake quantization (times a folded BatchNormalization's per-channel factor)
+# are on the grid up to float32 rounding; a weight that is not was not quantized by QAT.
+ON_GRID_TOLERANCE = 1e-2
+INT8_MAX = 127
+
+
+class QatExportError(RuntimeError):
+    """The QAT model's ONNX graph does not have the shape the int8 rewrite expects."""
+
+
+def _int8_grid(weight: np.ndarray, axis: int | None, node: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float32 scales) with weight == values * scales (broadcast on `axis`).
+
+    TFMOT's weight quantizers are symmetric and narrow-range (-127..127, zero point 0) with
+    range max|w| (LastValueQuantizer): per output channel for Conv2D kernels, per tensor for
+    Dense and, in effect, for DepthwiseConv2D kernels (its per-axis quantizer's axis is the
+    size-1 depth multiplier). tf2onnx then multiplies a folded BatchNormalization's factor into
+    each output channel. So each channel (or the tensor) of the exported weight is
+    `scale * k` with integers |k| <= n for some n <= 127 (n = 127 for the channel holding the
+    quantizer's max): the grid is found by trying n = 127, 126, ... per channel, and the
+    weights are represented exactly, so the int8 graph computes what the QAT model does."""
+    w = weight.astype(np.float64)
+    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
+    peak = np.max(np.abs(rows), axis=1)
+    levels = np.zeros(len(rows))
+    levels[peak == 0] = 1.0
+    for n in range(INT8_MAX, 0, -1):
+        todo = np.flatnonzero(levels == 0)
+        if not len(todo):
+            break
+        steps = rows[todo] * (n / peak[todo])[:, None]
+        fits = np.max(np.abs(steps - np.round(steps)), axis=1) <= ON_GRID_TOLERANCE
+        levels[todo[fits]] = n
+    if np.any(levels == 0):
+        bad = int(np.flatnonzero(levels == 0)[0])
+        raise QatExportError(
+            f"weight of {node!r} is not on an int8 grid (channel {bad}: no scale max|w|/n, "
+            f"n <= {INT8_MAX}, puts every value within {ON_GRID_TOLERANCE:g} of an integer "
+            f"step): it was not fake-quantized by QAT; add its layer to skip_layers or export "
+            f"it through onnx_static")
+    scale = np.where(peak > 0, peak / levels, 1.0)
+    values = np.round(rows / scale[:, None]).reshape(
+        np.moveaxis(w, axis, 0).shape if axis is not None else w.shape)
+    if axis is not None:
+        values = np.moveaxis(values, 0, axis)
+    return values.astype(np.int8), scale.astype(np.float32)
+
+
+def _clamp_after_quantize(g) -> list[str]:
+    """Relu/Clip -> QuantizeLinear becomes QuantizeLinear -> Clip on the integers.
+
+    TFMOT's activation ranges after a ReLU start at [-6, 6] and only drift toward 0, so their
+    zero point is not the integer minimum and ORT cannot drop the Relu: it sits between the
+    Conv and its QuantizeLinear, and the Conv is not fused into an int8 kernel. Quantization is
+    monotone, so Q(clip(y, a, b)) == clip(Q(y), Q(a), Q(b)) exactly: the rewrite changes no
+    output. Returns the names of the rewritten activation nodes."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    graph_outputs = {o.name for o in g.output}
+    replace, drop, rewritten = {}, set(), []
+    for q in g.node:
+        act = producer.get(q.input[0])
+        if (q.op_type != "QuantizeLinear" or act is None or act.op_type not in ("Relu", "Clip")
+                or uses.get(act.output[0]) != 1 or act.output[0] in graph_outputs
+                or len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits):
+            continue
+        if act.op_type == "Relu":
+            bounds = [0.0, None]
+        else:
+            # Bounds computed at run time cannot be moved onto the integers; opset < 11
+            # Clips carry theirs as attributes.
+            limits = list(act.input[1:3]) + [""] * (3 - len(act.input))
+            if any(name and name not in inits for name in limits):
+                continue
+            bounds = [float(numpy_helper.to_array(inits[name])) if name else None
+                      for name in limits]
+            attrs = {a.name: a.f for a in act.attribute}
+            bounds = [attrs.get("min", bounds[0]), attrs.get("max", bounds[1])]
+        scale = float(numpy_helper.to_array(inits[q.input[1]]))
+        zero = numpy_helper.to_array(inits[q.input[2]])
+        info = np.iinfo(zero.dtype)
+
+        def quantized(v, default):
+            if v is None:
+                return np.array(default, zero.dtype)
+            return np.array(np.clip(np.round(v / scale) + int(zero), info.min, info.max), zero.dtype)
+
+        lo, hi = f"{act.name}_q_min", f"{act.name}_q_max"
+        g.initializer.extend([numpy_helper.from_array(quantized(bounds[0], info.min), lo),
+                              numpy_helper.from_array(quantized(bounds[1], info.max), hi)])
+        pre = f"{q.output[0]}_before_clamp"
+        replace[q.name] = [
+            helper.make_node("QuantizeLinear", [act.input[0], q.input[1], q.input[2]], [pre],
+                             name=q.name),
+            helper.make_node("Clip", [pre, lo, hi], [q.output[0]], name=f"{act.name}_on_integers")]
+        drop.add(act.name)
+        rewritten.append(act.name)
+    nodes = []
+    for n in g.node:
+        if n.name in drop:
+            continue
+        nodes.extend(replace.get(n.name, [n]))
+    del g.node[:]
+    g.node.extend(nodes)
+    return rewritten
+
+
+def qat_int8_onnx(src: Path, dst: Path) -> dict:
+    """Rewrite tf2onnx's export of a TFMOT QAT model into int8 compute that ONNX Runtime fuses.
+
+    tf2onnx turns the activations' FakeQuant ops into QuantizeLinear/DequantizeLinear pairs at
+    the QAT ranges but folds the weights' fake quantization into float constants. Here every
+    Conv/MatMul/Gemm float weight becomes an int8 initializer behind a DequantizeLinear (its
+    QAT grid, checked), a Conv bias becomes int32 at input scale x weight scale, and a weighted
+    node fed through MaxPool/Reshape/Transpose from a DequantizeLinear gets that grid's
+    QuantizeLinear/DequantizeLinear pair right before it (lossless), so ORT's QDQ fusion picks
+    int8 kernels (QLinearConv, MatMulIntegerToFloat, ...). Returns the per-node plan."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    clamped = _clamp_after_quantize(g)
+    inits = {i.name: i for i in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for name in n.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    new_nodes, new_inits, plan = [], [], {}
+    removed = set()
+
+    def input_grid(name: str):
+        """(scale, zero point) initializer names of the DequantizeLinear `name` comes from."""
+        node = producer.get(name)
+        while node is not None and node.op_type in GRID_PRESERVING_OPS:
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "DequantizeLinear":
+            return None
+        scale = inits.get(node.input[1])
+        if scale is None or numpy_helper.to_array(scale).size != 1 or len(node.input) < 3:
+            return None
+        return node.input[1], node.input[2], node is producer.get(name)
+
+    def dequantized(name: str, values: np.ndarray, scale: np.ndarray, axis, node_name: str):
+        q, s, z = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+        zero = np.zeros(scale.shape, values.dtype)
+        if axis is None:
+            scale, zero = scale.reshape(()), zero.reshape(())
+        new_inits.extend([numpy_helper.from_array(values, q), numpy_helper.from_array(scale, s),
+                          numpy_helper.from_array(zero, z)])
+        attrs = {"axis": axis} if axis is not None else {}
+        out = f"{name}_dequantized"
+        new_nodes.append((node_name, helper.make_node("DequantizeLinear", [q, s, z], [out],
+                                                      name=f"{name}_DequantizeLinear", **attrs)))
+        return out
+
+    for node in g.node:
+        if node.op_type not in QAT_WEIGHT_AXIS or len(node.input) < 2:
+            continue
+        weight_name = node.input[1]
+        init = inits.get(weight_name)
+        if init is None or init.data_type != onnx.TensorProto.FLOAT:
+            plan[node.name] = "float (weight is not a float initializer)"
+            continue
+        axis = QAT_WEIGHT_AXIS[node.op_type]
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            axis = None
+        weight = numpy_helper.to_array(init)
+        values, scale = _int8_grid(weight, axis, node.name)
+        consumers[weight_name] -= 1
+        if consumers[weight_name] == 0:
+            removed.add(weight_name)
+        node.input[1] = dequantized(f"{node.name}_weight", values, scale, axis, node.name)
+        grid = input_grid(node.input[0])
+        entry = {"weight": f"int8 {'per channel' if axis is not None else 'per tensor'}"}
+        if grid is not None:
+            x_scale, x_zero, direct = grid
+            if not direct:
+                # Same scale and zero point as the upstream DequantizeLinear: exact.
+                q_out, dq_out = f"{node.name}_input_q", f"{node.name}_input_dq"
+                new_nodes.append((node.name, helper.make_node(
+                    "QuantizeLinear", [node.input[0], x_scale, x_zero], [q_out],
+                    name=f"{node.name}_input_QuantizeLinear")))
+                new_nodes.append((node.name, helper.make_node(
+                    "DequantizeLinear", [q_out, x_scale, x_zero], [dq_out],
+                    name=f"{node.name}_input_DequantizeLinear")))
+                node.input[0] = dq_out
+                entry["input"] = "QDQ at the upstream grid inserted"
+            bias = inits.get(node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
+            if bias is not None and bias.data_type == onnx.TensorProto.FLOAT:
+                s_x = float(numpy_helper.to_array(inits[x_scale]))
+                b_scale = (s_x * scale).astype(np.float32)
+                b = numpy_helper.to_array(bias).astype(np.float64) / b_scale
+                consumers[node.input[2]] -= 1
+                if consumers[node.input[2]] == 0:
+                    removed.add(node.input[2])
+                node.input[2] = dequantized(f"{node.name}_bias", np.round(b).astype(np.int32),
+                                            b_scale, 0, node.name)
+                entry["bias"] = "int32"
+        else:
+            entry["input"] = "float (not on a quantization grid)"
+        plan[node.name] = entry
+
+    # Insert each new node right before the node it feeds: the graph stays topologically sorted.
+    before: dict[str, list] = {}
+    for target, n in new_nodes:
+        before.setdefault(target, []).append(n)
+    ordered = []
+    for n in g.node:
+        ordered.extend(before.get(n.name, []))
+        ordered.append(n)
+    del g.node[:]
+    g.node.extend(ordered)
+    kept = [i for i in g.initializer if i.name not in removed]
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return {"nodes": plan, "activations_clamped_as_integers": clamped}

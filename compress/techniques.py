@@ -398,8 +398,8 @@ class Distill(Technique):
 
 class QuantizationAware(Technique):
     name = "qat"
-    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + ONNX with QDQ on the "
-                   "activations (weights stored as their fake-quantized float values)")
+    description = ("TFMOT quantization-aware fine-tune -> int8 TFLite + int8 QDQ ONNX (int8 "
+                   "weights and int32 biases at the QAT grids, activations at the QAT ranges)")
     trains = True
     params = {
         "skip_layers": SKIP,
@@ -416,28 +416,16 @@ class QuantizationAware(Technique):
 
     def apply(self, inputs, p, out_dir):
         from compress import quantize
-        from core.export import export_onnx
 
         source = inputs.load_parent_model()
         qat, plan = quantize.qat_model(source, p["skip_layers"])
         history = self.fine_tune(qat, inputs, p)
-        export_onnx(qat, out_dir / "model.onnx")
+        onnx_plan = quantize.qat_onnx(qat, out_dir / "model.onnx")
         (out_dir / "model.tflite").write_bytes(quantize.qat_tflite(qat))
         # A QAT model reloads only inside tfmot's quantize_scope, so the deployable forms
         # (ONNX, TFLite) are what the variant carries.
-        return Outcome({"layers": plan}, qat, ["model.onnx", "model.tflite"],
-                       reference_model=qat, history=history, save_keras=False,
-                       onnxruntime_options=self.onnxruntime_options(p))
-
-    def onnxruntime_options(self, p: dict) -> dict:
-        # tf2onnx folds the weights' fake quantization into float constants, between QDQ pairs
-        # on the activations. Two ORT transformers then misread the graph:
-        #  - QDQ propagation moves activation QDQ pairs around MaxPool and Reshape, which then
-        #    run on uint8 in slow NCHW kernels (about twice the float latency);
-        #  - WeightBiasQuantization re-quantizes those float weights on its own terms, which
-        #    changes the top class of depthwise-conv models (MobileNetV2) against Keras.
-        # The numbers behind both are in docs/measurements.md.
-        return {"disabled_optimizers": ["QDQPropagationTransformer", "WeightBiasQuantization"]}
+        return Outcome({"layers": plan, "onnx": onnx_plan}, qat, ["model.onnx", "model.tflite"],
+                       reference_model=qat, history=history, save_keras=False)
 
 
 class TFLitePostTraining(Technique):
