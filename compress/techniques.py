@@ -356,18 +356,20 @@ class Distill(Technique):
     }
 
     def teacher(self, params, parent):
-        return params["teacher"] or parent
+        # alpha = 1 trains on the labels alone (the control a distilled student is compared with)
+        return None if params["alpha"] == 1 else params["teacher"] or parent
 
     def suffix(self, p):
         student = f"-{p['student']}" if p["student"] else ""
         teacher = f"-from-{p['teacher']}" if p["teacher"] else ""
-        return f"distill{student}{teacher}-t{_fmt(p['temperature'])}"
+        alpha = "" if p["alpha"] == self.params["alpha"].default else f"-a{_fmt(p['alpha'])}"
+        return f"distill{student}{teacher}-t{_fmt(p['temperature'])}{alpha}"
 
     def apply(self, inputs, p, out_dir):
         from compress import distill
         from core.manifest import ArtifactError
 
-        teacher_name = self.teacher(p, inputs.parent.name)
+        teacher_name = p["teacher"] or inputs.parent.name
         try:
             teacher = (inputs.load_parent_model() if teacher_name == inputs.parent.name
                        else inputs.load_variant_model(teacher_name))
@@ -390,7 +392,8 @@ class Distill(Technique):
                                   temperature=p["temperature"], alpha=p["alpha"],
                                   epochs=settings.epochs, learning_rate=settings.learning_rate,
                                   batch_size=settings.batch_size)
-        plan = {"teacher": teacher_name, "student": p["student"] or inputs.parent.name,
+        plan = {"teacher": self.teacher(p, inputs.parent.name),
+                "student": p["student"] or inputs.parent.name,
                 "student_from_scratch": bool(p["student"]), "temperature": p["temperature"],
                 "alpha": p["alpha"], "loss": "alpha*CE + (1-alpha)*T^2*KL(log-probabilities / T)"}
         return Outcome(plan, student, history=history)

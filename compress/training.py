@@ -1,10 +1,10 @@
 """Short fine-tuning after a transform, optionally distilled from the source model.
 
 Distillation here is the temperature-1 form: the student learns from targets that mix the
-true label with the teacher's probabilities, `alpha * label + (1 - alpha) * teacher`. The
-models output probabilities (softmax or sigmoid), not logits, so higher temperatures would
-need logits that the artifacts do not carry; at T = 1 the mixture is exactly the classic
-distillation loss.
+true label with the teacher's probabilities, `alpha * label + (1 - alpha) * teacher`; at T = 1
+the mixture is exactly the classic distillation loss, and it needs no custom loss. The
+`distill` technique (compress/distill.py) is the general form, at any temperature (softened
+log-probabilities, which equal softened logits for softmax models).
 """
 from __future__ import annotations
 

@@ -171,6 +171,7 @@ def test_new_techniques_reject_bad_params(name, params, message):
     ("distill", {}, "distill-t4"),
     ("distill", {"student": "fashion_mlp"}, "distill-fashion_mlp-t4"),
     ("distill", {"teacher": "fashion_cnn", "temperature": 2}, "distill-from-fashion_cnn-t2"),
+    ("distill", {"student": "fashion_mlp", "alpha": 1.0}, "distill-fashion_mlp-t4-a1"),
 ])
 def test_new_techniques_name_their_variants(name, params, suffix):
     technique = TECHNIQUES[name]
@@ -216,6 +217,7 @@ def test_distill_trains_a_zoo_student_and_names_its_teacher():
     assert outcome.plan["teacher"] == "tiny_cnn" and outcome.plan["student_from_scratch"]
     assert len(outcome.history["loss"]) == 1 and np.isfinite(outcome.history["loss"][0])
     assert technique.teacher(p, "tiny_cnn") == "tiny_cnn"
+    assert technique.teacher(technique.resolve({"student": "fashion_mlp", "alpha": 1}), "a") is None
     assert get_technique("separable").teacher(get_technique("separable").resolve({}), "a") == "a"
     assert get_technique("channels").teacher(get_technique("channels").resolve({}), "a") is None
 
