@@ -21,7 +21,7 @@ def test_model_builds_trains_a_step_and_predicts(name):
     spec = get_model(name)
     inputs, x = _inputs_for(spec)
     options = ModelOptions(width=spec.defaults.get("width", 1.0), dropout=0.1,
-                           batch_norm=spec.defaults.get("batch_norm", False),
+                           normalization=spec.defaults.get("normalization", "none"),
                            resolution=spec.defaults.get("resolution"))
     model = spec.build(inputs, options)
     binary = inputs.num_classes == 2

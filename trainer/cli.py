@@ -9,7 +9,7 @@ import time
 from core import data
 from core.artifacts import ArtifactError, default_root
 from trainer.errors import TrainerInputError
-from trainer.recipe import CHOICES, load_recipe_file, recipe_field_help
+from trainer.recipe import ALIASES, CHOICES, load_recipe_file, recipe_field_help
 from core.preprocessing import ImagePreprocessor
 from core.tasks import get_task
 
@@ -62,6 +62,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag, dest=f"recipe_{name}", type=type_, default=None,
                                metavar=type_.__name__.upper(), help=f"{choices} (default {default!r})")
+    for name, (type_, help_, _) in ALIASES.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=f"recipe_{name}",
+                           action=argparse.BooleanOptionalAction, default=None, help=help_)
 
 
 def _recipe_overrides(args) -> dict:
@@ -112,7 +115,7 @@ def _cmd_train_all(args) -> int:
 
 def _cmd_search(args) -> int:
     from trainer.models import get_model
-    from trainer.search import SEARCH_SPACE, run_search
+    from trainer.search import DEFAULT_PARAMS, run_search
 
     spec = get_model(args.model)
     task = _check_task(args.task or spec.task)
@@ -122,7 +125,7 @@ def _cmd_search(args) -> int:
     resolve_recipe(spec.defaults, None, overrides)  # validate before loading data
     run_search(task, args.model, sampler=args.sampler, n_trials=args.trials, out_dir=args.out,
                storage=args.storage, study_name=args.study, overrides=overrides,
-               params=tuple(args.params or SEARCH_SPACE), data_dir=args.data_dir,
+               params=tuple(args.params or DEFAULT_PARAMS), data_dir=args.data_dir,
                seed=overrides.get("seed", 0))
     return 0
 
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s)
     s.set_defaults(func=_cmd_train_all)
 
-    from trainer.search import SAMPLERS, SEARCH_SPACE
+    from trainer.search import DEFAULT_PARAMS, SAMPLERS, SEARCH_SPACE
 
     s = sub.add_parser("search", help="hyperparameter search with Optuna (resumable)")
     s.add_argument("--model", required=True, help="model-zoo name")
@@ -253,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=10,
                    help="finished trials the study should hold (a rerun resumes to this count)")
     s.add_argument("--params", nargs="*", choices=list(SEARCH_SPACE),
-                   help="what to search (default: all of them)")
+                   help=f"what to search (default: {' '.join(DEFAULT_PARAMS)})")
     s.add_argument("--out", default="search", help="folder for search.db, results.*, "
                                                    "best_recipe.json (default: search)")
     s.add_argument("--storage", help="Optuna storage URL shared by several machines "

@@ -131,7 +131,9 @@ def _batches(x, y, recipe: Recipe, augmenter=None, repeat=False):
 # ---------------------------------------------------------------- model
 
 def model_options(recipe: Recipe, weights: str | None = None) -> ModelOptions:
-    return ModelOptions(width=recipe.width, dropout=recipe.dropout, batch_norm=recipe.batch_norm,
+    return ModelOptions(width=recipe.width, dropout=recipe.dropout,
+                        normalization=recipe.normalization, norm_groups=recipe.norm_groups,
+                        activation=None if recipe.activation == "default" else recipe.activation,
                         initializer=recipe.initializer, l1=recipe.l1, l2=recipe.l2,
                         resolution=recipe.resolution or None, weights=weights)
 

@@ -19,11 +19,22 @@ from trainer.errors import TrainerInputError
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "plateau")
 INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "random_normal")
+# Names of the rows of trainer.models.blocks.NORMALIZATIONS / ACTIVATIONS (a test checks both
+# agree); "default" keeps each model's own activation (ReLU in the zoo's blocks).
+NORMALIZATIONS = ("none", "batch", "group", "layer")
+ACTIVATIONS = ("default", "relu", "leaky_relu", "elu", "tanh")
 SCALINGS = ("minmax", "standardize")
 STRATEGIES = ("default", "mirrored", "multiworker")
 MONITORS = ("val_accuracy", "val_loss")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "initializer": INITIALIZERS,
+           "normalization": NORMALIZATIONS, "activation": ACTIVATIONS,
            "scaling": SCALINGS, "strategy": STRATEGIES, "monitor": MONITORS}
+# Older keys still accepted in recipe files and on the command line (as --flag/--no-flag):
+# key -> (bool, help, the recipe values it stands for). `batch_norm` predates the normalization choice.
+ALIASES = {
+    "batch_norm": (bool, "same as --normalization batch (--no-batch-norm: none)",
+                   lambda on: {"normalization": "batch" if on else "none"}),
+}
 
 
 class RecipeError(TrainerInputError):
@@ -47,7 +58,9 @@ class Recipe:
     l1: float = 0.0
     l2: float = 0.0
     dropout: float = 0.0
-    batch_norm: bool = False
+    normalization: str = "none"      # one of NORMALIZATIONS, after each hidden Dense/Conv
+    norm_groups: int = 8             # normalization "group": channel groups (must divide them)
+    activation: str = "default"      # one of ACTIVATIONS, of each hidden Dense/Conv block
     initializer: str = "glorot_uniform"  # one of INITIALIZERS
     width: float = 1.0               # multiplies units/filters (alpha of MobileNets)
     resolution: int = 0              # keras.applications input side after resizing (0: model default)
@@ -84,7 +97,8 @@ class Recipe:
                 close = difflib.get_close_matches(str(value), valid, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise RecipeError(f"unknown {name} {value!r}{hint}; valid: {', '.join(valid)}")
-        for name in ("learning_rate", "batch_size", "epochs", "decay_epochs", "width"):
+        for name in ("learning_rate", "batch_size", "epochs", "decay_epochs", "width",
+                     "norm_groups"):
             if not getattr(self, name) > 0:
                 raise RecipeError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.validation_split < 1.0:
@@ -135,6 +149,7 @@ def recipe_from_dict(values: dict, base: dict | None = None) -> Recipe:
     types_ = _field_types()
     merged = {}
     for source in (base or {}, values):
+        source = expand_aliases(source)
         for key, value in source.items():
             if key not in types_:
                 close = difflib.get_close_matches(key, types_, n=3)
@@ -143,6 +158,20 @@ def recipe_from_dict(values: dict, base: dict | None = None) -> Recipe:
                                   f"{', '.join(types_)}")
             merged[key] = _coerce(key, value, types_[key])
     return Recipe(**merged)
+
+
+def expand_aliases(source: dict) -> dict:
+    """`source` with alias keys replaced by the recipe values they stand for; an alias that
+    contradicts a value given beside it is an error."""
+    out = {k: v for k, v in source.items() if k not in ALIASES}
+    for key in ALIASES.keys() & source.keys():
+        type_, _, expand = ALIASES[key]
+        for name, value in expand(_coerce(key, source[key], type_)).items():
+            if name in out and out[name] != value:
+                raise RecipeError(f"recipe values {key}={source[key]!r} and {name}={out[name]!r} "
+                                  f"contradict each other ({key}: {ALIASES[key][1]}); give one")
+            out[name] = value
+    return out
 
 
 def load_recipe_file(path: str | Path) -> dict:

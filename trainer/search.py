@@ -1,5 +1,6 @@
 """Hyperparameter search with Optuna: grid, random and Bayesian (TPE) samplers over learning
-rate, batch size, optimizer, dropout and width, with trials pruned on validation accuracy.
+rate, batch size, optimizer, dropout and width (and, when named, normalization and activation),
+with trials pruned on validation accuracy.
 
 Studies live in an Optuna storage: by default a SQLite file in the output folder, so an
 interrupted search resumes where it stopped (run the same command again); any storage URL
@@ -22,7 +23,7 @@ from pathlib import Path
 import optuna
 
 from trainer.errors import TrainerInputError
-from trainer.recipe import RecipeError
+from trainer.recipe import ACTIVATIONS, NORMALIZATIONS, RecipeError, expand_aliases
 
 
 
@@ -55,7 +56,12 @@ SEARCH_SPACE = {
     "optimizer": Choice(("adam", "rmsprop", "nesterov")),
     "dropout": FloatRange(0.0, 0.5, grid=(0.0, 0.3)),
     "width": Choice((0.5, 1.0, 2.0)),
+    # Searched only when named (--params): keras.applications backbones refuse them.
+    "normalization": Choice(NORMALIZATIONS),
+    "activation": Choice(tuple(a for a in ACTIVATIONS if a != "default")),
 }
+# What a search covers when no params are named.
+DEFAULT_PARAMS = ("learning_rate", "batch_size", "optimizer", "dropout", "width")
 
 
 class SearchError(TrainerInputError):
@@ -143,7 +149,7 @@ class PruneOnValidation:
 def run_search(task: str, model: str, *, sampler: str = "tpe", n_trials: int = 10,
                out_dir: str | Path = "search", storage: str | None = None,
                study_name: str | None = None, overrides: dict | None = None,
-               params: tuple[str, ...] = tuple(SEARCH_SPACE), data_dir=None,
+               params: tuple[str, ...] = DEFAULT_PARAMS, data_dir=None,
                pruner=None, seed: int = 0) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished ones (resuming if it exists)."""
     from trainer.fit import build_model, fit, prepare_data, seed_everything
@@ -154,7 +160,7 @@ def run_search(task: str, model: str, *, sampler: str = "tpe", n_trials: int = 1
         raise SearchError(f"cannot search {unknown}; searchable: {', '.join(SEARCH_SPACE)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = dict(overrides or {})
+    base = expand_aliases(dict(overrides or {}))
     base_recipe = resolved_recipe(model, overrides=base)
     if not base_recipe.validation_split:
         raise RecipeError("a search ranks trials on validation accuracy: set validation_split > 0")

@@ -31,7 +31,7 @@ def _conv_pool_net(inputs: ModelInputs, options: ModelOptions, stages: tuple[tup
                 description="28x28x1 -> [Conv32 BN]-Pool -> [Conv64 BN]-Pool -> Dense128 Dropout "
                             "-> Dense10 softmax",
                 optimizer="adam", learning_rate=1e-3, epochs=15, batch_size=64, dropout=0.4,
-                batch_norm=True, schedule="cosine", early_stopping_patience=4)
+                normalization="batch", schedule="cosine", early_stopping_patience=4)
 def fashion_cnn(inputs: ModelInputs, options: ModelOptions):
     return _conv_pool_net(inputs, options, ((32,), (64,)), 128, 0.25, "fashion_cnn")
 
@@ -49,6 +49,6 @@ def mnist_cnn(inputs: ModelInputs, options: ModelOptions):
                 description="28x28x1 -> [Conv32 BN]x2-Pool -> [Conv64 BN]-Pool -> Dense128 "
                             "Dropout -> Dense24 softmax; trained with augmentation",
                 optimizer="adam", learning_rate=1e-3, epochs=12, batch_size=64, dropout=0.4,
-                batch_norm=True, augment=True, schedule="cosine", early_stopping_patience=4)
+                normalization="batch", augment=True, schedule="cosine", early_stopping_patience=4)
 def sign_cnn(inputs: ModelInputs, options: ModelOptions):
     return _conv_pool_net(inputs, options, ((32, 32), (64,)), 128, 0.2, "sign_cnn")

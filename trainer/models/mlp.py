@@ -4,7 +4,7 @@ Input: float32 (N, 28, 28, 1) from ImagePreprocessor (XOR: (N, 2)); output: prob
 """
 from __future__ import annotations
 
-from trainer.models.blocks import classifier_head, dense, scaled
+from trainer.models.blocks import activate, classifier_head, dense, scaled
 from trainer.models.registry import ModelInputs, ModelOptions, register_model
 
 
@@ -28,8 +28,8 @@ def xor_mlp(inputs: ModelInputs, options: ModelOptions):
     x_in = keras.Input(inputs.input_shape, name="input")
     # tanh rather than ReLU: with 8 units a ReLU net can start with dead units and stall at
     # 3/4; tanh solves XOR from every seed we tried.
-    x = keras.layers.Dense(scaled(8, options), activation="tanh",
-                           kernel_initializer=options.initializer)(x_in)
+    x = keras.layers.Dense(scaled(8, options), kernel_initializer=options.initializer)(x_in)
+    x = activate(x, options, default="tanh")
     return keras.Model(x_in, classifier_head(x, inputs.num_classes, options), name="xor_mlp")
 
 
@@ -44,7 +44,7 @@ def fashion_mlp(inputs: ModelInputs, options: ModelOptions):
 @register_model(kind="image", task="mnist",
                 description="28x28x1 -> 3 x (Dense256 BN ReLU Dropout) -> Dense10 softmax",
                 optimizer="adam", learning_rate=1e-3, epochs=15, batch_size=128,
-                dropout=0.2, batch_norm=True, early_stopping_patience=3)
+                dropout=0.2, normalization="batch", early_stopping_patience=3)
 def mnist_dnn(inputs: ModelInputs, options: ModelOptions):
     return _mlp(inputs, options, (256, 256, 256), "mnist_dnn")
 

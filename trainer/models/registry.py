@@ -25,6 +25,10 @@ class UnknownModelError(TrainerInputError):
     """A model name that is not registered; the message lists close matches and all names."""
 
 
+class ModelOptionsError(TrainerInputError):
+    """An option a model cannot build with; the message names the option and the model."""
+
+
 @dataclass(frozen=True)
 class ModelInputs:
     """What the data dictates: input shape (without batch), number of classes, and for text
@@ -41,7 +45,9 @@ class ModelOptions:
 
     width: float = 1.0            # multiplies units/filters (alpha for keras.applications)
     dropout: float = 0.0
-    batch_norm: bool = False
+    normalization: str = "none"   # a row of blocks.NORMALIZATIONS
+    norm_groups: int = 8          # normalization "group": channel groups
+    activation: str | None = None  # a row of blocks.ACTIVATIONS; None: the model's own
     initializer: str = "glorot_uniform"
     l1: float = 0.0
     l2: float = 0.0
