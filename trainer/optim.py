@@ -86,7 +86,7 @@ OPTIMIZERS = {
     "momentum": lambda r, lr: _O.SGD(lr, momentum=r.momentum),
     "nesterov": lambda r, lr: _O.SGD(lr, momentum=r.momentum, nesterov=True),
     "adam": lambda r, lr: _O.Adam(lr),
-    "rmsprop": lambda r, lr: _O.RMSprop(lr),
+    "rmsprop": lambda r, lr: _O.RMSprop(lr, momentum=r.momentum),
     "adagrad": lambda r, lr: _O.Adagrad(lr),
 }
 

@@ -14,8 +14,15 @@ output: softmax probabilities. Inside the model:
   head_pool, head_dropout, head_output   the new classifier
 
 ImageNet weights: used when `options.weights` names a weights file; `cached_imagenet_weights`
-finds Keras' own cache file when one is there (nothing is downloaded). Without them the backbone
-starts from random weights or from a checkpoint the project trained (trainer.transfer).
+finds Keras' own cache file when one is there (nothing is downloaded) and refuses a width that
+Keras publishes no weights for. Without them the backbone starts from random weights or from a
+checkpoint the project trained (trainer.transfer).
+
+Recipe options: `l1`/`l2` regularize the head's and every backbone kernel (conv, depthwise and
+dense kernels), `initializer` initializes the head (the backbone keeps its own initialization,
+which its weights replace anyway), `dropout` is the head's dropout. The backbones are built
+with batch normalization and their own activations (ReLU6, hard-swish, swish), so any other
+`normalization` and any `activation` but "default" are refused by name (ModelOptionsError).
 """
 from __future__ import annotations
 
@@ -24,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainer.models.blocks import BN_MOMENTUM
-from trainer.models.registry import ModelInputs, ModelOptions, register_model
+from trainer.models.blocks import BN_MOMENTUM, regularizer
+from trainer.models.registry import ModelInputs, ModelOptions, ModelOptionsError, register_model
 
 ADAPTER_PREFIX = "adapter_"
 HEAD_PREFIX = "head_"
@@ -38,6 +45,7 @@ class BackboneFamily:
     input_scale: float         # [0, 1] pixels -> backbone range: x * scale + offset
     input_offset: float
     weights_file: Callable     # (width, resolution) -> file name in Keras' models/ cache
+    imagenet_widths: tuple[float, ...]  # the widths Keras publishes ImageNet weights for
 
 
 def _mobilenet_v2(x, width):
@@ -72,11 +80,14 @@ def _mobilenet_v2_file(width, resolution):
 
 FAMILIES = {
     f.name: f for f in (
-        BackboneFamily("mobilenet_v2", _mobilenet_v2, 2.0, -1.0, _mobilenet_v2_file),
+        BackboneFamily("mobilenet_v2", _mobilenet_v2, 2.0, -1.0, _mobilenet_v2_file,
+                       (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
         BackboneFamily("mobilenet_v3_small", _mobilenet_v3_small, 2.0, -1.0,
-                       lambda w, r: f"weights_mobilenet_v3_small_224_{w}_float_no_top_v2.h5"),
+                       lambda w, r: f"weights_mobilenet_v3_small_224_{w}_float_no_top_v2.h5",
+                       (0.75, 1.0)),
+        # One file, for EfficientNet-B0's own width 1.0.
         BackboneFamily("efficientnet_b0", _efficientnet_b0, 255.0, 0.0,
-                       lambda w, r: "efficientnetb0_notop.h5"),
+                       lambda w, r: "efficientnetb0_notop.h5", (1.0,)),
     )
 }
 
@@ -85,9 +96,22 @@ def keras_models_cache() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
+def imagenet_weights_path(family: str, width: float, resolution: int) -> Path:
+    """Where Keras caches this backbone's ImageNet weights; an error for a width that has none
+    (loading another width's file by name would leave every mismatched layer random)."""
+    widths = FAMILIES[family].imagenet_widths
+    if float(width) not in widths:
+        raise ModelOptionsError(
+            f"{family}: Keras publishes ImageNet weights only for width "
+            f"{', '.join(f'{w:g}' for w in widths)}, not width {width:g}; pass --width "
+            f"{min(widths, key=lambda w: abs(w - width)):g} for ImageNet weights, or pretrain "
+            f"this width here and pass --pretrained <task>/<variant>")
+    return keras_models_cache() / FAMILIES[family].weights_file(float(width), resolution)
+
+
 def cached_imagenet_weights(family: str, width: float, resolution: int) -> Path | None:
     """Keras' cached ImageNet weights file for this backbone, or None when it is not cached."""
-    path = keras_models_cache() / FAMILIES[family].weights_file(width, resolution)
+    path = imagenet_weights_path(family, width, resolution)
     return path if path.is_file() else None
 
 
@@ -100,11 +124,48 @@ def backbone_layers(model) -> list:
             and not layer.name.startswith((ADAPTER_PREFIX, HEAD_PREFIX))]
 
 
+# ModelOptions field -> (the value a backbone is built with, why no other value can apply).
+FIXED_OPTIONS = {
+    "normalization": ("batch", "the backbone is built with batch normalization"),
+    "activation": (None, "the backbone has its own activations (ReLU6, hard-swish or swish); "
+                         "leave --activation at 'default'"),
+}
+
+# Attributes of backbone layers that hold kernels (Conv2D/Dense: kernel; DepthwiseConv2D:
+# depthwise) -> the matching regularizer argument.
+KERNEL_REGULARIZERS = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer"}
+
+
+def check_options(family_name: str, options: ModelOptions) -> None:
+    for name, (value, why) in FIXED_OPTIONS.items():
+        given = getattr(options, name)
+        if given != value:
+            flag = "--" + name.replace("_", "-")
+            raise ModelOptionsError(f"{family_name}: {flag} {given} cannot apply: {why}")
+
+
+def _regularize_backbone(model, options: ModelOptions):
+    """The same model with the options' L1/L2 penalty on every backbone kernel. keras.applications
+    builds its layers without regularizers; set on built layers they would add no loss, so the
+    model is rebuilt from its config (which then also carries them through clones and saves)."""
+    from core.tf_setup import keras
+
+    reg = regularizer(options)
+    for layer in backbone_layers(model):
+        for weight, argument in KERNEL_REGULARIZERS.items():
+            if hasattr(layer, weight) and hasattr(layer, argument):
+                setattr(layer, argument, reg)
+    rebuilt = keras.Model.from_config(model.get_config())
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def _build(family_name: str, inputs: ModelInputs, options: ModelOptions):
     from core.tf_setup import keras
 
     L = keras.layers
     family = FAMILIES[family_name]
+    check_options(family_name, options)
     if len(inputs.input_shape) != 3:
         raise ValueError(f"{family_name} takes images (H, W, C), got input shape {inputs.input_shape}")
     resolution = int(options.resolution or 32)
@@ -127,12 +188,16 @@ def _build(family_name: str, inputs: ModelInputs, options: ModelOptions):
         backbone.load_weights(os.fspath(options.weights), by_name=True)
     x = L.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(backbone.output)
     x = L.Dropout(options.dropout, name=HEAD_PREFIX + "dropout")(x)
-    out = L.Dense(inputs.num_classes, activation="softmax", name=HEAD_PREFIX + "output")(x)
-    return keras.Model(x_in, out, name=family_name)
+    out = L.Dense(inputs.num_classes, activation="softmax", name=HEAD_PREFIX + "output",
+                  kernel_initializer=options.initializer,
+                  kernel_regularizer=regularizer(options))(x)
+    model = keras.Model(x_in, out, name=family_name)
+    return _regularize_backbone(model, options) if options.l1 or options.l2 else model
 
 
 _DEFAULTS = dict(optimizer="adam", learning_rate=1e-3, epochs=12, batch_size=64, dropout=0.2,
-                 resolution=32, augment=True, schedule="cosine", early_stopping_patience=4)
+                 resolution=32, augment=True, schedule="cosine", early_stopping_patience=4,
+                 normalization=FIXED_OPTIONS["normalization"][0])
 
 
 def _register_family(name: str, width: float, network: str) -> None:
