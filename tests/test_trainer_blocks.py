@@ -9,7 +9,7 @@ from core.tf_setup import keras, tf
 from trainer import recipe as recipe_module
 from trainer.models import ModelInputs, ModelOptions, get_model
 from trainer.models.applications import (FAMILIES, FIXED_OPTIONS, KERNEL_REGULARIZERS,
-                                         backbone_layers, cached_imagenet_weights)
+                                         backbone_layers, cached_imagenet_weights, check_options)
 from trainer.models.blocks import ACTIVATIONS, DEFAULT_ACTIVATION, NORMALIZATIONS
 from trainer.models.registry import ModelOptionsError
 from trainer.recipe import Recipe, RecipeError, recipe_from_dict
@@ -211,7 +211,9 @@ def test_applications_refuse_options_they_cannot_apply(name, option, value):
 
 def test_applications_default_normalization_is_their_built_in_one():
     for name in FAMILIES:
-        assert get_model(name).defaults["normalization"] == FIXED_OPTIONS["normalization"][0]
+        assert get_model(name).defaults["normalization"] == "batch"
+        assert get_model(name).defaults["normalization"] in FIXED_OPTIONS["normalization"][0]
+        check_options(name, ModelOptions())  # None: the model's own, i.e. batch
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -124,11 +124,12 @@ def backbone_layers(model) -> list:
             and not layer.name.startswith((ADAPTER_PREFIX, HEAD_PREFIX))]
 
 
-# ModelOptions field -> (the value a backbone is built with, why no other value can apply).
+# ModelOptions field -> (the values a backbone is built with, why no other value can apply);
+# None is "the model's own".
 FIXED_OPTIONS = {
-    "normalization": ("batch", "the backbone is built with batch normalization"),
-    "activation": (None, "the backbone has its own activations (ReLU6, hard-swish or swish); "
-                         "leave --activation at 'default'"),
+    "normalization": ((None, "batch"), "the backbone is built with batch normalization"),
+    "activation": ((None,), "the backbone has its own activations (ReLU6, hard-swish or "
+                            "swish); leave --activation at 'default'"),
 }
 
 # Attributes of backbone layers that hold kernels (Conv2D/Dense: kernel; DepthwiseConv2D:
@@ -137,9 +138,9 @@ KERNEL_REGULARIZERS = {"kernel": "kernel_regularizer", "depthwise_kernel": "dept
 
 
 def check_options(family_name: str, options: ModelOptions) -> None:
-    for name, (value, why) in FIXED_OPTIONS.items():
+    for name, (values, why) in FIXED_OPTIONS.items():
         given = getattr(options, name)
-        if given != value:
+        if given not in values:
             flag = "--" + name.replace("_", "-")
             raise ModelOptionsError(f"{family_name}: {flag} {given} cannot apply: {why}")
 
@@ -197,7 +198,7 @@ def _build(family_name: str, inputs: ModelInputs, options: ModelOptions):
 
 _DEFAULTS = dict(optimizer="adam", learning_rate=1e-3, epochs=12, batch_size=64, dropout=0.2,
                  resolution=32, augment=True, schedule="cosine", early_stopping_patience=4,
-                 normalization=FIXED_OPTIONS["normalization"][0])
+                 normalization="batch")
 
 
 def _register_family(name: str, width: float, network: str) -> None:

@@ -42,6 +42,7 @@ NORMALIZATIONS: Mapping[str, Callable | None] = {
     "group": _group_norm,
     "layer": lambda x, L, o: L.LayerNormalization()(x),
 }
+DEFAULT_NORMALIZATION = "none"
 
 # options.activation -> the activation layer of each hidden block, from keras.layers.
 # Recipe.ACTIVATIONS names the same rows plus "default" (ModelOptions.activation None), which
@@ -70,15 +71,19 @@ def _row(table: Mapping, key: str, what: str):
         raise ModelOptionsError(f"unknown {what} {key!r}; valid: {', '.join(table)}") from None
 
 
+def _normalization(options: ModelOptions) -> str:
+    return options.normalization or DEFAULT_NORMALIZATION
+
+
 def normalize(x, options: ModelOptions):
-    """x -> the options' normalization layer (x itself for "none")."""
+    """x -> the options' normalization (x itself for "none")."""
     from core.tf_setup import keras
 
-    make = _row(NORMALIZATIONS, options.normalization, "normalization")
+    make = _row(NORMALIZATIONS, _normalization(options), "normalization")
     if make is None:
         return x
     channels = int(x.shape[-1])
-    if options.normalization == "group" and channels % options.norm_groups:
+    if _normalization(options) == "group" and channels % options.norm_groups:
         raise ModelOptionsError(
             f"normalization 'group': norm_groups {options.norm_groups} does not divide the "
             f"{channels} channels of {x.name.split('/')[0]!r} (width {options.width:g}); pick a "
@@ -105,7 +110,7 @@ def dense(x, units: int, options: ModelOptions, name=None):
     L = keras.layers
     x = L.Dense(scaled(units, options), kernel_initializer=options.initializer,
                 kernel_regularizer=regularizer(options),
-                use_bias=NORMALIZATIONS.get(options.normalization) is None, name=name)(x)
+                use_bias=NORMALIZATIONS.get(_normalization(options)) is None, name=name)(x)
     x = activate(normalize(x, options), options)
     if options.dropout:
         x = L.Dropout(options.dropout)(x)
@@ -119,7 +124,7 @@ def conv(x, filters: int, options: ModelOptions, kernel_size=3, padding="same"):
     x = keras.layers.Conv2D(scaled(filters, options), kernel_size, padding=padding,
                             kernel_initializer=options.initializer,
                             kernel_regularizer=regularizer(options),
-                            use_bias=NORMALIZATIONS.get(options.normalization) is None)(x)
+                            use_bias=NORMALIZATIONS.get(_normalization(options)) is None)(x)
     return activate(normalize(x, options), options)
 
 

@@ -45,7 +45,7 @@ class ModelOptions:
 
     width: float = 1.0            # multiplies units/filters (alpha for keras.applications)
     dropout: float = 0.0
-    normalization: str = "none"   # a row of blocks.NORMALIZATIONS
+    normalization: str | None = None  # a row of blocks.NORMALIZATIONS; None: the model's own
     norm_groups: int = 8          # normalization "group": channel groups
     activation: str | None = None  # a row of blocks.ACTIVATIONS; None: the model's own
     initializer: str = "glorot_uniform"
