@@ -83,12 +83,12 @@ def distill(student, teacher, x: np.ndarray, y: np.ndarray, *, temperature: floa
 
 
 def zoo_student(name: str, input_shape: tuple, num_classes: int, kind: str):
-    """A fresh, untrained model of the trainer's zoo for this task's inputs (its registered
-    defaults for the options a ModelOptions has)."""
-    import dataclasses
-
+    """A fresh, untrained model of the trainer's zoo for this task's inputs, with the options
+    the trainer would give it (its registered defaults, through the trainer's recipe)."""
     from compress.errors import InvalidParameterError
-    from trainer.models.registry import ModelInputs, ModelOptions, UnknownModelError, get_model
+    from trainer.fit import model_options
+    from trainer.models.registry import ModelInputs, UnknownModelError, get_model
+    from trainer.recipe import resolve_recipe
 
     try:
         spec = get_model(name)
@@ -99,6 +99,5 @@ def zoo_student(name: str, input_shape: tuple, num_classes: int, kind: str):
             f"technique 'distill': student {name!r} takes {spec.kind} inputs; this task's are "
             f"{kind} (zoo students are built for image and vector tasks; for a text task "
             f"distill into a variant: leave student null and give the step a `from`)")
-    fields = {f.name for f in dataclasses.fields(ModelOptions)}
-    options = ModelOptions(**{k: v for k, v in spec.defaults.items() if k in fields})
+    options = model_options(resolve_recipe(dict(spec.defaults)))
     return spec.build(ModelInputs(tuple(input_shape), num_classes), options)
