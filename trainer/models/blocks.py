@@ -19,9 +19,14 @@ def _group_norm(x, L, options: ModelOptions):
     converter then emits a BROADCAST_TO that fails for a dynamic batch. Here the reshapes are
     static, LayerNormalization (no scale, no shift) normalizes each group over its positions
     and channels, and a 1x1 DepthwiseConv2D is the per-channel scale and shift (same math)."""
-    if len(x.shape) == 2:
-        return L.GroupNormalization(groups=options.norm_groups)(x)
     groups, shape = options.norm_groups, tuple(int(d) for d in x.shape[1:])
+    if shape[-1] % groups:
+        raise ModelOptionsError(
+            f"normalization 'group': norm_groups {groups} does not divide the {shape[-1]} "
+            f"channels of {x.name.split('/')[0]!r} (width {options.width:g}); pick a "
+            "norm_groups that divides every hidden layer's width")
+    if len(shape) != 3:  # not an (H, W, C) feature map: Keras' layer converts fine
+        return L.GroupNormalization(groups=groups)(x)
     positions = 1
     for d in shape[:-1]:
         positions *= d
@@ -80,15 +85,7 @@ def normalize(x, options: ModelOptions):
     from core.tf_setup import keras
 
     make = _row(NORMALIZATIONS, _normalization(options), "normalization")
-    if make is None:
-        return x
-    channels = int(x.shape[-1])
-    if _normalization(options) == "group" and channels % options.norm_groups:
-        raise ModelOptionsError(
-            f"normalization 'group': norm_groups {options.norm_groups} does not divide the "
-            f"{channels} channels of {x.name.split('/')[0]!r} (width {options.width:g}); pick a "
-            "norm_groups that divides every hidden layer's width")
-    return make(x, keras.layers, options)
+    return x if make is None else make(x, keras.layers, options)
 
 
 def activate(x, options: ModelOptions, default: str = DEFAULT_ACTIVATION):
