@@ -191,6 +191,17 @@ def test_distillation_loss_is_zero_when_student_equals_teacher_and_alpha_is_zero
     np.testing.assert_allclose(ce, -np.log([0.7, 0.8]), rtol=1e-5)
 
 
+def test_distillation_loss_reads_a_sigmoid_output_as_two_probabilities():
+    tf = tfs.tf
+    p = np.array([[0.9], [0.2]], np.float32)
+    two = np.concatenate([1 - p, p], axis=1)
+    y_true = np.concatenate([np.eye(2, dtype=np.float32)[[1, 0]], np.log(two)], axis=1)
+    loss = distill.distillation_loss(2.0, 0.0, 2)
+    assert float(tf.reduce_max(loss(y_true, tf.constant(p)))) == pytest.approx(0, abs=1e-6)
+    hard = distill.distillation_loss(2.0, 1.0, 2)(y_true, tf.constant(p)).numpy()
+    np.testing.assert_allclose(hard, -np.log([0.9, 0.8]), rtol=1e-5)
+
+
 def test_temperature_on_log_probabilities_equals_temperature_on_logits():
     z = np.random.default_rng(0).normal(size=(4, 6))
     log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
