@@ -1,6 +1,8 @@
 """The zoo's normalization and activation registries: every row builds, trains and exports;
 the recipe, CLI and search space name the same rows; keras.applications models honour or refuse
 each option by name; RMSprop gets the recipe's momentum."""
+import json
+
 import numpy as np
 import optuna
 import pytest
@@ -133,7 +135,8 @@ def test_xor_keeps_tanh_by_default_and_takes_another_activation():
 def test_batch_norm_key_maps_to_the_normalization_registry(old, new):
     assert recipe_from_dict({"batch_norm": old}).normalization == new
     # A later source's alias overrides an earlier normalization (model default < file < flag).
-    assert recipe_from_dict({"batch_norm": old}, base={"normalization": "layer"}).normalization == new
+    layered = recipe_from_dict({"batch_norm": old}, base={"normalization": "layer"})
+    assert layered.normalization == new
 
 
 def test_batch_norm_contradicting_normalization_is_an_error():
@@ -162,7 +165,7 @@ def test_a_saved_recipe_with_batch_norm_still_loads(tmp_path):
     saved = Recipe(normalization="batch").to_dict()
     del saved["normalization"], saved["norm_groups"], saved["activation"]
     path = tmp_path / "recipe.json"
-    path.write_text(__import__("json").dumps({**saved, "batch_norm": True}))
+    path.write_text(json.dumps({**saved, "batch_norm": True}))
     assert recipe_from_dict(load_recipe_file(path)) == Recipe(normalization="batch")
 
 

@@ -30,7 +30,8 @@ CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "initializer": INITIA
            "normalization": NORMALIZATIONS, "activation": ACTIVATIONS,
            "scaling": SCALINGS, "strategy": STRATEGIES, "monitor": MONITORS}
 # Older keys still accepted in recipe files and on the command line (as --flag/--no-flag):
-# key -> (bool, help, the recipe values it stands for). `batch_norm` predates the normalization choice.
+# key -> (bool, help, the recipe values it stands for). Saved recipe.json files and scripts
+# use `batch_norm`.
 ALIASES = {
     "batch_norm": (bool, "same as --normalization batch (--no-batch-norm: none)",
                    lambda on: {"normalization": "batch" if on else "none"}),
