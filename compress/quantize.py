@@ -254,7 +254,8 @@ def _int8_grid(weight: np.ndarray, axis: int | None, node: str) -> tuple[np.ndar
     quantizer's max): the grid is found by trying n = 127, 126, ... per channel, and the
     weights are represented exactly, so the int8 graph computes what the QAT model does."""
     w = weight.astype(np.float64)
-    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
+    moved = np.moveaxis(w, axis, 0) if axis is not None else w[None]
+    rows = moved.reshape(len(moved), -1)
     peak = np.max(np.abs(rows), axis=1)
     levels = np.zeros(len(rows))
     levels[peak == 0] = 1.0
@@ -273,11 +274,92 @@ def _int8_grid(weight: np.ndarray, axis: int | None, node: str) -> tuple[np.ndar
             f"step): it was not fake-quantized by QAT; add its layer to skip_layers or export "
             f"it through onnx_static")
     scale = np.where(peak > 0, peak / levels, 1.0)
-    values = np.round(rows / scale[:, None]).reshape(
-        np.moveaxis(w, axis, 0).shape if axis is not None else w.shape)
-    if axis is not None:
-        values = np.moveaxis(values, 0, axis)
+    values = np.round(rows / scale[:, None]).reshape(moved.shape)
+    values = np.moveaxis(values, 0, axis) if axis is not None else values[0]
     return values.astype(np.int8), scale.astype(np.float32)
+
+
+def _pads_zeros(node, inits) -> bool:
+    """A constant-mode Pad with 0: 0 is on every activation grid (the zero point is an
+    integer), so the padded tensor stays on its input's grid."""
+    from onnx import numpy_helper
+
+    if node.op_type != "Pad":
+        return False
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    if mode != b"constant":
+        return False
+    value = node.input[2] if len(node.input) > 2 else ""
+    return not value or (value in inits and float(numpy_helper.to_array(inits[value])) == 0.0)
+
+
+def _keeps_channels_1x1(reshape, inits) -> bool:
+    """A Reshape to (N, C, 1, 1) of a (N, C, 1, 1) Conv output: channel i stays channel i."""
+    from onnx import numpy_helper
+
+    if len(reshape.input) < 2 or reshape.input[1] not in inits:
+        return False
+    shape = numpy_helper.to_array(inits[reshape.input[1]])
+    return shape.ndim == 1 and len(shape) == 4 and shape[1] > 0 and tuple(shape[2:]) == (1, 1)
+
+
+def _fold_batch_norm(g) -> list[str]:
+    """Fold a BatchNormalization that is a Conv's only consumer into the Conv's weight and bias.
+
+    tf2onnx folds most of them itself, but leaves those after 1x1-spatial convolutions (it
+    writes their NHWC<->NCHW transposes as Reshapes, one of which sits between Conv and
+    BatchNormalization and is kept), and a BatchNormalization between a Conv
+    and its QuantizeLinear keeps ORT from fusing the Conv into an int8 kernel. The factor is
+    per output channel, so the weight stays on a per-channel int8 grid. Returns the names of
+    the folded nodes."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    graph_outputs = {o.name for o in g.output}
+    folded, drop = [], set()
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization":
+            continue
+        conv, last = producer.get(bn.input[0]), None
+        if conv is not None and conv.op_type == "Reshape" and _keeps_channels_1x1(conv, inits):
+            if uses.get(conv.output[0]) != 1:
+                continue
+            conv, last = producer.get(conv.input[0]), conv
+        if (conv is None or conv.op_type != "Conv"
+                or uses.get(conv.output[0]) != 1 or conv.output[0] in graph_outputs
+                or not all(name in inits for name in bn.input[1:5])
+                or conv.input[1] not in inits or uses.get(conv.input[1]) != 1
+                or (len(conv.input) > 2 and conv.input[2]
+                    and (conv.input[2] not in inits or uses.get(conv.input[2]) != 1))):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64)
+                                  for n in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = gamma / np.sqrt(var + eps)
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        if len(factor) != weight.shape[0]:
+            continue
+        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2] else np.zeros(len(factor)))
+        weight *= factor.reshape(-1, *([1] * (weight.ndim - 1)))
+        bias = (bias - mean) * factor + beta
+        w_name, b_name = f"{conv.name}_weight_bn_folded", f"{conv.name}_bias_bn_folded"
+        g.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), w_name),
+                              numpy_helper.from_array(bias.astype(np.float32), b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        (last or conv).output[0] = bn.output[0]
+        drop.add(bn.name)
+        folded.append(bn.name)
+    nodes = [n for n in g.node if n.name not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    return folded
 
 
 def _clamp_after_quantize(g) -> list[str]:
@@ -323,7 +405,8 @@ def _clamp_after_quantize(g) -> list[str]:
         def quantized(v, default):
             if v is None:
                 return np.array(default, zero.dtype)
-            return np.array(np.clip(np.round(v / scale) + int(zero), info.min, info.max), zero.dtype)
+            step = np.round(v / scale) + int(zero)
+            return np.array(np.clip(step, info.min, info.max), zero.dtype)
 
         lo, hi = f"{act.name}_q_min", f"{act.name}_q_max"
         g.initializer.extend([numpy_helper.from_array(quantized(bounds[0], info.min), lo),
@@ -349,31 +432,30 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
     """Rewrite tf2onnx's export of a TFMOT QAT model into int8 compute that ONNX Runtime fuses.
 
     tf2onnx turns the activations' FakeQuant ops into QuantizeLinear/DequantizeLinear pairs at
-    the QAT ranges but folds the weights' fake quantization into float constants. Here every
-    Conv/MatMul/Gemm float weight becomes an int8 initializer behind a DequantizeLinear (its
-    QAT grid, checked), a Conv bias becomes int32 at input scale x weight scale, and a weighted
-    node fed through MaxPool/Reshape/Transpose from a DequantizeLinear gets that grid's
-    QuantizeLinear/DequantizeLinear pair right before it (lossless), so ORT's QDQ fusion picks
-    int8 kernels (QLinearConv, MatMulIntegerToFloat, ...). Returns the per-node plan."""
+    the QAT ranges but folds the weights' fake quantization into float constants. Here
+    BatchNormalizations left after a Conv are folded into it, Relu/Clip -> QuantizeLinear
+    becomes QuantizeLinear -> Clip on the integers, every Conv/MatMul/Gemm float weight becomes
+    an int8 initializer behind a DequantizeLinear (its QAT grid, checked), a Conv bias becomes
+    int32 at input scale x weight scale, and a weighted node fed from a DequantizeLinear
+    through MaxPool/Reshape/Transpose/zero Pad gets that grid's QuantizeLinear/DequantizeLinear
+    pair right before it (lossless). ORT's QDQ fusion then picks int8 kernels (QLinearConv,
+    QGemm, MatMulIntegerToFloat). Returns what was done, per node."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(src))
     g = model.graph
+    folded = _fold_batch_norm(g)
     clamped = _clamp_after_quantize(g)
     inits = {i.name: i for i in g.initializer}
     producer = {out: n for n in g.node for out in n.output}
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for name in n.input:
-            consumers[name] = consumers.get(name, 0) + 1
     new_nodes, new_inits, plan = [], [], {}
-    removed = set()
 
     def input_grid(name: str):
         """(scale, zero point) initializer names of the DequantizeLinear `name` comes from."""
         node = producer.get(name)
-        while node is not None and node.op_type in GRID_PRESERVING_OPS:
+        while node is not None and (node.op_type in GRID_PRESERVING_OPS
+                                    or _pads_zeros(node, inits)):
             node = producer.get(node.input[0])
         if node is None or node.op_type != "DequantizeLinear":
             return None
@@ -408,12 +490,10 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
             axis = None
         weight = numpy_helper.to_array(init)
         values, scale = _int8_grid(weight, axis, node.name)
-        consumers[weight_name] -= 1
-        if consumers[weight_name] == 0:
-            removed.add(weight_name)
         node.input[1] = dequantized(f"{node.name}_weight", values, scale, axis, node.name)
         grid = input_grid(node.input[0])
-        entry = {"weight": f"int8 {'per channel' if axis is not None else 'per tensor'}"}
+        entry = {"op": node.op_type,
+                 "weight": f"int8 {'per channel' if axis is not None else 'per tensor'}"}
         if grid is not None:
             x_scale, x_zero, direct = grid
             if not direct:
@@ -427,14 +507,12 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
                     name=f"{node.name}_input_DequantizeLinear")))
                 node.input[0] = dq_out
                 entry["input"] = "QDQ at the upstream grid inserted"
-            bias = inits.get(node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
+            has_bias = node.op_type == "Conv" and len(node.input) > 2
+            bias = inits.get(node.input[2]) if has_bias else None
             if bias is not None and bias.data_type == onnx.TensorProto.FLOAT:
                 s_x = float(numpy_helper.to_array(inits[x_scale]))
                 b_scale = (s_x * scale).astype(np.float32)
                 b = numpy_helper.to_array(bias).astype(np.float64) / b_scale
-                consumers[node.input[2]] -= 1
-                if consumers[node.input[2]] == 0:
-                    removed.add(node.input[2])
                 node.input[2] = dequantized(f"{node.name}_bias", np.round(b).astype(np.int32),
                                             b_scale, 0, node.name)
                 entry["bias"] = "int32"
@@ -452,9 +530,12 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
         ordered.append(n)
     del g.node[:]
     g.node.extend(ordered)
-    kept = [i for i in g.initializer if i.name not in removed]
+    # The float weights, biases and folded BatchNormalization parameters are no longer read.
+    used = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+    kept = [i for i in list(g.initializer) + new_inits if i.name in used]
     del g.initializer[:]
-    g.initializer.extend(kept + new_inits)
+    g.initializer.extend(kept)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
-    return {"nodes": plan, "activations_clamped_as_integers": clamped}
+    return {"nodes": plan, "batch_norms_folded": folded,
+            "activations_clamped_as_integers": clamped}
