@@ -227,9 +227,10 @@ def onnx_float16(src: Path, dst: Path) -> None:
 # QuantizeLinear/DequantizeLinear pair with the same scale and zero point is lossless there.
 GRID_PRESERVING_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
                        "Identity")
-# Weight input -> per-channel axis of the weight (None: per tensor). TFMOT's default 8-bit
-# scheme quantizes Conv2D/DepthwiseConv2D kernels per output channel (after tf2onnx both are
-# ONNX Conv, OIHW) and Dense kernels per tensor.
+# Weight input -> axis of the weight's scales (None: per tensor). TFMOT's default 8-bit scheme
+# quantizes Conv2D kernels per output channel and Dense kernels per tensor (DepthwiseConv2D in
+# effect too); after tf2onnx every convolution is an ONNX Conv (OIHW), whose folded
+# BatchNormalization scales each output channel, so Convs get per-output-channel scales.
 QAT_WEIGHT_AXIS = {"Conv": 0, "MatMul": None, "Gemm": None}
 # How far a float weight may sit from its int8 grid point, in grid steps. The weights tf2onnx
 # folds from TFMOT's fake quantization (times a folded BatchNormalization's per-channel factor)
@@ -238,12 +239,9 @@ ON_GRID_TOLERANCE = 1e-2
 INT8_MAX = 127
 
 
-class QatExportError(RuntimeError):
-    """The QAT model's ONNX graph does not have the shape the int8 rewrite expects."""
-
-
-def _int8_grid(weight: np.ndarray, axis: int | None, node: str) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 values, float32 scales) with weight == values * scales (broadcast on `axis`).
+def _int8_grid(weight: np.ndarray, axis: int | None):
+    """(int8 values, float32 scales) with weight == values * scales (broadcast on `axis`), or
+    None when some channel is on no int8 grid (a layer QAT left float: skip_layers).
 
     TFMOT's weight quantizers are symmetric and narrow-range (-127..127, zero point 0) with
     range max|w| (LastValueQuantizer): per output channel for Conv2D kernels, per tensor for
@@ -267,12 +265,7 @@ def _int8_grid(weight: np.ndarray, axis: int | None, node: str) -> tuple[np.ndar
         fits = np.max(np.abs(steps - np.round(steps)), axis=1) <= ON_GRID_TOLERANCE
         levels[todo[fits]] = n
     if np.any(levels == 0):
-        bad = int(np.flatnonzero(levels == 0)[0])
-        raise QatExportError(
-            f"weight of {node!r} is not on an int8 grid (channel {bad}: no scale max|w|/n, "
-            f"n <= {INT8_MAX}, puts every value within {ON_GRID_TOLERANCE:g} of an integer "
-            f"step): it was not fake-quantized by QAT; add its layer to skip_layers or export "
-            f"it through onnx_static")
+        return None
     scale = np.where(peak > 0, peak / levels, 1.0)
     values = np.round(rows / scale[:, None]).reshape(moved.shape)
     values = np.moveaxis(values, 0, axis) if axis is not None else values[0]
@@ -486,10 +479,12 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
             plan[node.name] = "float (weight is not a float initializer)"
             continue
         axis = QAT_WEIGHT_AXIS[node.op_type]
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
-            axis = None
-        weight = numpy_helper.to_array(init)
-        values, scale = _int8_grid(weight, axis, node.name)
+        grid = _int8_grid(numpy_helper.to_array(init), axis)
+        if grid is None:
+            plan[node.name] = {"op": node.op_type,
+                               "weight": "float (on no int8 grid: not quantized by QAT)"}
+            continue
+        values, scale = grid
         node.input[1] = dequantized(f"{node.name}_weight", values, scale, axis, node.name)
         grid = input_grid(node.input[0])
         entry = {"op": node.op_type,

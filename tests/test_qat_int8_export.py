@@ -168,7 +168,9 @@ def test_relu_before_quantize_moves_onto_the_integers_exactly(tmp_path):
     assert np.mean(run[src] == run[dst]) > 0.95
 
 
-def test_weight_off_any_int8_grid_is_a_clear_error(tmp_path):
+def test_weight_on_no_int8_grid_stays_float(tmp_path):
+    """A layer QAT did not quantize (skip_layers) keeps its float weight and float input."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from compress import quantize
@@ -179,7 +181,10 @@ def test_weight_off_any_int8_grid_is_a_clear_error(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(weight, "w")])
-    src = tmp_path / "src.onnx"
+    src, dst = tmp_path / "src.onnx", tmp_path / "dst.onnx"
     _save(graph, src)
-    with pytest.raises(quantize.QatExportError, match="weight of 'dense' is not on an int8 grid"):
-        quantize.qat_int8_onnx(src, tmp_path / "dst.onnx")
+    plan = quantize.qat_int8_onnx(src, dst)
+    assert plan["nodes"]["dense"]["weight"].startswith("float (on no int8 grid")
+    out = onnx.load(str(dst)).graph
+    assert [n.op_type for n in out.node] == ["MatMul"]
+    np.testing.assert_array_equal(numpy_helper.to_array(out.initializer[0]), weight)
