@@ -14,6 +14,9 @@ PORT ?= 8000
 # On the bundled samples `make bench` takes CI's short rounds (--quick): the report has the same
 # rows and shape, each latency from thousands of calls; with DATA_DIR the full rounds.
 BENCH_FLAGS ?= $(if $(DATA_DIR),,--quick)
+# The run's compact summary (benchmarks/record.py); a full-data run's is the one committed.
+RECORD_OUT ?= $(if $(DATA_DIR),benchmarks/results,$(REPORTS))
+RECORD_STEM ?= $(if $(DATA_DIR),full-data,record)
 # Training jobs run at once (each in its own process): the transfer chain and the small models
 # overlap on 2 cores.
 TRAIN_JOBS ?= 2
@@ -23,7 +26,7 @@ export DATA_DIR
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all train train-multiworker compress bench bench-gpu serve test test-fast ci clean distclean
+.PHONY: help setup all train train-multiworker compress bench record bench-gpu serve test test-fast ci clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-all: train compress bench ## train, compress and benchmark the served tasks
+all: train compress bench record ## train, compress and benchmark the served tasks, then summarize
 
 train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into artifacts/
 	$(PY) -m trainer train-all --artifacts $(ARTIFACTS) --jobs $(TRAIN_JOBS)
@@ -55,6 +58,10 @@ compress: setup ## derive pruned/quantized/factorized variants and select one pe
 
 bench: setup ## measure every variant; writes reports/bench.{json,md}, plots, index.html
 	$(PY) -m benchmarks run --artifacts $(ARTIFACTS) --reports $(REPORTS) $(BENCH_FLAGS)
+
+record: setup ## per task and variant: accuracy, MACs, size, latency, training time, served
+	$(PY) -m benchmarks record --bench $(REPORTS)/bench.json --artifacts $(ARTIFACTS) \
+		--out $(RECORD_OUT) --stem $(RECORD_STEM)
 
 # The GPU host has no package registry and no TensorFlow: bench-gpu does not install, it runs
 # whichever python has onnxruntime-gpu there (../shared/gpu/README.md: source .gpu/env.sh).

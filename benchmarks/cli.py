@@ -5,6 +5,7 @@
     latency   ONNX Runtime only (no TensorFlow needed): providers x batch sizes, GPU-host path
     load      HTTP load test of a running server at several concurrency levels
     abuse     good clients' latency with and without abusive clients (hostile load)
+    record    the compact summary of a run, per task and variant (committed for full data)
     check     CI gate: compare reports/bench.json with benchmarks/baseline.json
 
 Heavy imports happen inside each command, so `latency`, `load` and `check` never import
@@ -127,6 +128,20 @@ def cmd_abuse(args) -> int:
     print(render_abuse_markdown(record))
     print(f"record: {path}")
     return 0 if record["verdict"]["passed"] else 1
+
+
+def cmd_record(args) -> int:
+    from benchmarks.record import build_record, render_record_markdown, write_summary
+    from benchmarks.check import load_bench
+
+    bench = load_bench(args.bench)
+    data_dir = bench["settings"].get("data_dir")
+    command = args.command or (f"DATA_DIR={data_dir} make all" if data_dir else "make all")
+    record = build_record(bench, args.artifacts, command)
+    path = write_summary(record, args.out, args.stem)
+    print(render_record_markdown(record))
+    print(f"record: {path}")
+    return 0
 
 
 def cmd_load(args) -> int:
@@ -290,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     abuse.add_argument("--timeout", type=float, default=10.0, help="seconds per good request")
     abuse.add_argument("--reports", default="reports")
     abuse.set_defaults(func=cmd_abuse)
+
+    rec = sub.add_parser("record", help="the compact, committable summary of a run (per task "
+                         "and variant: accuracy, MACs, size, latency, throughput, training time, "
+                         "served)")
+    rec.add_argument("--bench", default="reports/bench.json")
+    rec.add_argument("--artifacts", default="artifacts")
+    rec.add_argument("--out", default="reports", help="folder for <stem>.json and <stem>.md")
+    rec.add_argument("--stem", default="record")
+    rec.add_argument("--command", default=None,
+                     help="the command the run came from (default: make all, with DATA_DIR "
+                          "when the bench used one)")
+    rec.set_defaults(func=cmd_record)
 
     chk = sub.add_parser("check", help="fail when accuracy or speed ratios regress vs a baseline")
     chk.add_argument("--baseline", default="benchmarks/baseline.json")
