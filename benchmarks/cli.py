@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and variant: accuracy, MACs, size, latency, throughput, training time, "
                          "served)")
     rec.add_argument("--bench", default="reports/bench.json")
-    rec.add_argument("--artifacts", default="artifacts")
+    rec.add_argument("--artifacts", default=str(default_root()),
+                     help="artifact root (default: $ARTIFACTS_DIR, else artifacts)")
     rec.add_argument("--out", default="reports", help="folder for <stem>.json and <stem>.md")
     rec.add_argument("--stem", default="record")
     rec.add_argument("--command", default=None,
