@@ -20,6 +20,7 @@ from core.tasks import get_task
 def _qat_export(model_name, task, tmp_path, resolution=None, train=512, epochs=1):
     """(QAT Keras model, path of its int8 ONNX, the rewrite's plan, test inputs)."""
     from compress import quantize
+    from compress.pipeline import seed_tensorflow
     from core.tf_setup import keras
     from trainer.models.registry import ModelInputs, ModelOptions, create_model, get_model
 
@@ -28,7 +29,9 @@ def _qat_export(model_name, task, tmp_path, resolution=None, train=512, epochs=1
     train_split = datasets.load(spec.dataset, "train")
     x_train, y_train = pre(train_split.x[:train]), train_split.y[:train]
     x_test = pre(datasets.load(spec.dataset, "test").x)
-    keras.utils.set_random_seed(0)
+    # Deterministic as the pipeline's steps are: op determinism is process-wide once a pipeline
+    # has run, so the model must not depend on test order.
+    seed_tensorflow(1)
     defaults = get_model(model_name).defaults
     options = ModelOptions(width=defaults.get("width", 1.0),
                            normalization=defaults.get("normalization", "none"),
