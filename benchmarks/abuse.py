@@ -106,17 +106,25 @@ async def huge_image(host, port, settings: AbuseSettings, stop_at: float, tally:
         await _send_once(host, port, head + body, tally)
 
 
+async def _connect(host, port, tally: _Tally, retry_after_s: float):
+    """A new connection counted as sent, or None (the refusal tallied) after a pause."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as e:
+        tally.saw(type(e).__name__)
+        await asyncio.sleep(retry_after_s)
+        return None
+    tally.sent += 1
+    return reader, writer
+
+
 async def slow_bodies(host, port, settings: AbuseSettings, stop_at: float, tally: _Tally) -> None:
     """Connections announcing a 1,000-byte body and sending one byte every 100 ms."""
     async def one() -> None:
         while time.perf_counter() < stop_at:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError as e:
-                tally.saw(type(e).__name__)
-                await asyncio.sleep(0.1)
+            if (connection := await _connect(host, port, tally, 0.1)) is None:
                 continue
-            tally.sent += 1
+            reader, writer = connection
             writer.write(f"POST /v1/classify/{settings.text_task} HTTP/1.1\r\nHost: {host}\r\n"
                          "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
                          .encode())
@@ -147,13 +155,9 @@ async def idle_connections(host, port, settings: AbuseSettings, stop_at: float,
     """Thousands of connections that never send a byte, reopened when the server closes them."""
     async def hold() -> None:
         while time.perf_counter() < stop_at:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError as e:
-                tally.saw(type(e).__name__)
-                await asyncio.sleep(0.5)
+            if (connection := await _connect(host, port, tally, 0.5)) is None:
                 continue
-            tally.sent += 1
+            reader, writer = connection
             try:
                 async with asyncio.timeout(max(0.0, stop_at - time.perf_counter())):
                     await reader.read(1)  # returns when the server closes the connection

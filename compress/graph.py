@@ -80,15 +80,7 @@ def replace_with_chain(config: dict, name: str, chain: list) -> None:
         if i == 0:
             entry["inbound_nodes"] = copy.deepcopy(old["inbound_nodes"])
         new_entries.append(entry)
-    last = chain[-1].name
-    for entry in config["layers"]:
-        for node in entry.get("inbound_nodes") or []:
-            for ref in node:
-                if ref[0] == name:
-                    ref[0] = last
-    for ref in config["output_layers"]:
-        if ref[0] == name:
-            ref[0] = last
+    _rewire(config, name, chain[-1].name)
     position = config["layers"].index(old)
     config["layers"][position:position + 1] = new_entries
 

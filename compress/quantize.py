@@ -14,6 +14,7 @@ post-training ONNX Runtime quantization.
 """
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,16 @@ def _keeps_channels_1x1(reshape, inits) -> bool:
     return shape.ndim == 1 and len(shape) == 4 and shape[1] > 0 and tuple(shape[2:]) == (1, 1)
 
 
+def _graph_index(g):
+    """(initializers by name, producing node by output name, consumer count by value name,
+    graph output names) of an ONNX graph as it is now."""
+    inits = {i.name: i for i in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    uses = collections.Counter(name for n in g.node for name in n.input)
+    graph_outputs = {o.name for o in g.output}
+    return inits, producer, uses, graph_outputs
+
+
 def _fold_batch_norm(g) -> list[str]:
     """Fold a BatchNormalization that is a Conv's only consumer into the Conv's weight and bias.
 
@@ -307,13 +318,7 @@ def _fold_batch_norm(g) -> list[str]:
     the folded nodes."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in g.initializer}
-    producer = {out: n for n in g.node for out in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
-    graph_outputs = {o.name for o in g.output}
+    inits, producer, uses, graph_outputs = _graph_index(g)
     folded, drop = [], set()
     for bn in g.node:
         if bn.op_type != "BatchNormalization":
@@ -365,13 +370,7 @@ def _clamp_after_quantize(g) -> list[str]:
     output. Returns the names of the rewritten activation nodes."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in g.initializer}
-    producer = {out: n for n in g.node for out in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
-    graph_outputs = {o.name for o in g.output}
+    inits, producer, uses, graph_outputs = _graph_index(g)
     replace, drop, rewritten = {}, set(), []
     for q in g.node:
         act = producer.get(q.input[0])
@@ -440,8 +439,7 @@ def qat_int8_onnx(src: Path, dst: Path) -> dict:
     g = model.graph
     folded = _fold_batch_norm(g)
     clamped = _clamp_after_quantize(g)
-    inits = {i.name: i for i in g.initializer}
-    producer = {out: n for n in g.node for out in n.output}
+    inits, producer, _, _ = _graph_index(g)
     new_nodes, new_inits, plan = [], [], {}
 
     def input_grid(name: str):
