@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -30,14 +29,9 @@ from serve.settings import Settings
 from core.artifacts import selected_variant
 from core.runtime import variant_session
 from tests.conftest import REPO
+from tests.test_serve_live import free_port, stop
 
 RNG = np.random.default_rng(0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -516,9 +510,5 @@ def test_every_worker_binds_the_grpc_port_and_metrics_add_up(tmp_path):
                          r'status="OK"\} (\S+)', text)
         assert line and float(line.group(1)) == sent, text[:2000]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     assert not re.search(r'"level": ?"error"', proc.stderr.read())

@@ -12,21 +12,19 @@ import http.client
 import json
 import logging
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-import uvicorn
 
 from serve import dataplane
 from serve.app import create_app
 from serve.connection import ConnectionLimits, ServeConfig
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
-from tests.test_serve_live import free_port, wait_ready
+from tests.test_serve_live import serving
 
 LIMITS = ConnectionLimits(max_connections=24, header_timeout_s=1, body_timeout_s=1,
                           keep_alive_s=5)
@@ -40,18 +38,10 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(artifacts):
-    port = free_port()
     app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1,
                               max_body_bytes=MAX_BODY, max_request_rows=256))
-    srv = uvicorn.Server(ServeConfig(app, limits=LIMITS, host="127.0.0.1", port=port,
-                                     log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url, port
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app, ServeConfig, limits=LIMITS) as port:
+        yield f"http://127.0.0.1:{port}", port
 
 
 def connect(port: int, timeout: float = 5) -> socket.socket:

@@ -48,6 +48,32 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
+@contextlib.contextmanager
+def serving(app, config=uvicorn.Config, **options):
+    """`app` on uvicorn in a thread, as `python -m serve` runs it (uvloop, httptools), until the
+    block ends; yields its port. `config`: uvicorn's Config or serve's ServeConfig."""
+    port = free_port()
+    server = uvicorn.Server(config(app, host="127.0.0.1", port=port, log_level="warning",
+                                   access_log=False, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     return write_fixture_artifacts(tmp_path_factory.mktemp("serve-live"), user_task=True)
@@ -56,17 +82,8 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(artifacts):
     """uvicorn in a thread, as `python -m serve` runs it (uvloop, httptools)."""
-    port = free_port()
-    app = create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                       access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(Settings(artifacts=artifacts, providers=("cpu",), threads=1))) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_tritonclient_metadata_and_inference_json_and_binary(server, artifacts):
@@ -261,11 +278,7 @@ def chromium_page(url: str, tmp_path):
 
             yield evaluate, wait_for
     finally:
-        browser.terminate()
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
+        stop(browser, 10)
 
 
 @NEEDS_CHROMIUM

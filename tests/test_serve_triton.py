@@ -3,20 +3,18 @@ configuration (and the exported config.pbtxt it must equal), statistics, classif
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-import uvicorn
 
 from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts
 from serve.settings import Settings
 from serve.statistics import InferenceStatistics
 from serve.triton_config import output_labels
-from tests.test_serve_live import free_port, wait_ready
+from tests.test_serve_live import serving
 from core.artifacts import selected_variant
 from core.runtime import variant_session
 
@@ -35,16 +33,8 @@ def settings(artifacts):
 
 @pytest.fixture(scope="module")
 def server(settings):
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                       log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(settings)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import uvicorn
 
 from serve.app import create_app
 from serve.fixtures import write_fixture_artifacts, write_image_variant
@@ -23,7 +22,7 @@ from serve.repository import (TRAFFIC_RESOLUTION, PlanError, parse_plan, read_pl
                               round_robin)
 from serve.settings import Settings
 from tests.test_serve_api import start
-from tests.test_serve_live import free_port, wait_ready
+from tests.test_serve_live import serving
 from core.artifacts import find_variant, select_variant
 from core.runtime import variant_session
 
@@ -294,17 +293,8 @@ def test_the_poll_swaps_in_a_new_selection_and_reuses_unchanged_versions(root):
 @contextlib.contextmanager
 def live_server(root, **changes):
     """uvicorn in a thread, as `python -m serve` runs it; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings(root, **changes)), host="127.0.0.1",
-                                           port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
+    with serving(create_app(settings(root, **changes))) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_tritonclient_drives_the_repository_extension(root):

@@ -18,7 +18,7 @@ import pytest
 from serve.fixtures import write_fixture_artifacts
 from serve.metrics import ServerMetrics, SharedMetrics
 from tests.conftest import REPO
-from tests.test_serve_live import free_port, wait_ready
+from tests.test_serve_live import free_port, stop, wait_ready
 
 CLASSIFY = 'tinyship_requests_total{model="imdb",route="/v1/classify/{task}",status="200"}'
 
@@ -108,9 +108,5 @@ def test_two_workers_answer_scrapes_with_the_same_totals(tmp_path, workers):
                 totals.add(_value(r.read().decode(), CLASSIFY))
         assert totals == {sent}, (totals, sent)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     assert not re.search(r'"level": ?"error"', proc.stderr.read())
