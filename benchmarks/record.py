@@ -7,14 +7,16 @@ One row per task x variant: how it was made (technique, parent, teacher), its ac
 run's test split, what it costs (MACs, parameters, gzip size of each runtime's file), batch-1
 latency (p50, one thread) and batch-32 throughput on every runtime measured, training time
 for trained models, and which variant serve runs. bench.json holds everything else (spreads,
-percentiles, curves); this file is what READMEs quote full-data numbers from.
+percentiles, curves); this file is what READMEs quote full-data numbers from. A second table
+lists every trained model of the run, benchmarked or not (the lecture tasks XOR and MNIST are
+trained but not served), with its test accuracy, epochs and training time.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
 
-from core.artifacts import ArtifactError, find_variant, selection_record
+from core.artifacts import ArtifactError, find_variant, list_variants, selection_record
 
 RECORD_SCHEMA = "tinyship.record/1"
 RECORD_JSON, RECORD_MD = "record.json", "record.md"
@@ -56,12 +58,32 @@ def build_record(bench: dict, artifacts: str | Path, command: str) -> dict:
         # Selections written before the runtime was recorded ran ONNX Runtime.
         row["served"] = choice.get("runtime", "onnx") if choice.get("variant") == name else None
     return {"schema": RECORD_SCHEMA,
+            "trained": trained_rows(artifacts),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "bench_created": bench["created"],
             "data": bench["tasks"], "threads": bench["settings"]["threads"],
             "machine": {k: bench["environment"].get(k) for k in ("cpu", "cpus_usable")},
             "rows": sorted(rows.values(), key=lambda r: (r["task"], r["parent"] is not None,
                                                          r["variant"]))}
+
+
+# Recipe keys a trained-models row repeats (the rest is in each variant's lineage).
+TRAINED_RECIPE_KEYS = ("epochs", "resolution", "width", "augment", "pretrained")
+
+
+def trained_rows(artifacts: str | Path) -> list[dict]:
+    """Every trained variant under `artifacts` (a variant without a parent), in task order."""
+    rows = []
+    for v in list_variants(artifacts):
+        if v.lineage.parent is not None:
+            continue
+        m, params = v.metrics, v.lineage.params
+        rows.append({"task": v.task, "variant": v.name, "model": v.model,
+                     "test_accuracy": m.get("test_accuracy"), "n_test": m.get("n_test"),
+                     "n_train": m.get("n_train"), "epochs_run": m.get("epochs_run"),
+                     "train_seconds": m.get("train_seconds"), "macs": m.get("macs"),
+                     "recipe": {k: params[k] for k in TRAINED_RECIPE_KEYS if params.get(k)}})
+    return rows
 
 
 def render_record_markdown(record: dict) -> str:
@@ -89,6 +111,17 @@ def render_record_markdown(record: dict) -> str:
                 f"{_num(r['items_per_s_32'].get('onnx'))} | {r['gzip_kb'].get('onnx', '-')} | "
                 f"{r.get('train_seconds') or '-'} | {r['served'] or ''} |")
         lines.append("")
+    lines += ["## Trained models", "",
+              "| task | variant | test accuracy | test examples | train examples | epochs run "
+              "| train s | MACs | recipe (beyond the model's defaults) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in record.get("trained", ()):
+        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+        acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
+        lines.append(f"| {r['task']} | {r['variant']} | {acc} | {_num(r['n_test'])} | "
+                     f"{_num(r['n_train'])} | {r['epochs_run'] or '-'} | "
+                     f"{r['train_seconds'] or '-'} | {_num(r['macs'])} | {recipe} |")
+    lines.append("")
     return "\n".join(lines)
 
 

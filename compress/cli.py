@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from compress.errors import CompressError
@@ -19,8 +20,9 @@ def _recipe(args, variant=None):
     """--recipe, else the default recipe for `variant` (compress.recipe.default_recipe_for)."""
     from compress.recipe import DEFAULT_RECIPE, default_recipe_for, load_recipe
 
-    path = args.recipe or (default_recipe_for(variant.model, variant.has_file("model.keras"))
-                           if variant else DEFAULT_RECIPE)
+    full_data = bool(getattr(args, "data_dir", None) or os.environ.get("DATA_DIR"))
+    path = args.recipe or (default_recipe_for(variant.model, variant.has_file("model.keras"),
+                                              full_data) if variant else DEFAULT_RECIPE)
     recipe = load_recipe(path)
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)

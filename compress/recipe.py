@@ -29,7 +29,13 @@ POSTTRAINING_RECIPE = RECIPES_DIR / "posttraining.json"
 ONNX_RECIPE = RECIPES_DIR / "onnx.json"
 
 
-def default_recipe_for(model: str, has_keras: bool = True) -> Path:
+# On full data (--data-dir or DATA_DIR) a model named here gets its own recipe instead: the
+# default steps fine-tuned on every training example, and for fashion_cnn the course's
+# techniques (the full-data record's rows for them).
+FULL_DATA_RECIPES = {"fashion_cnn": RECIPES_DIR / "full-data-fashion_cnn.json"}
+
+
+def default_recipe_for(model: str, has_keras: bool = True, full_data: bool = False) -> Path:
     """The recipe `compress run`/`run-all` (`make compress`) applies to a model when none is
     given: the default one, except for models built on a pretrained keras.applications
     backbone, which get the post-training techniques only, and for models without a Keras
@@ -41,6 +47,8 @@ def default_recipe_for(model: str, has_keras: bool = True) -> Path:
 
     if not has_keras:
         return ONNX_RECIPE
+    if full_data and model in FULL_DATA_RECIPES:
+        return FULL_DATA_RECIPES[model]
     return POSTTRAINING_RECIPE if model in FAMILIES else DEFAULT_RECIPE
 
 

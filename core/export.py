@@ -17,7 +17,12 @@ from core.manifest import probabilities
 
 ONNX_OPSET = 17
 ONNX_INPUT_NAME = "input"
-FLOAT_ATOL = 1e-4
+# On probabilities. A float export computes the same function with other kernels (XNNPACK,
+# MLAS) that sum in another order; over EfficientNet-B0's 80 convolutions with swish and
+# squeeze-excitation that reordering alone moves a probability by up to ~1e-4 (LiteRT, 200
+# Fashion inputs: 1.03e-4 with 100% top-1 agreement), while a wrong export (a transposed
+# kernel, a lost normalization) moves them by 1e-2 or more.
+FLOAT_ATOL = 5e-4
 QUANT_TOP1_AGREEMENT = 0.99
 
 

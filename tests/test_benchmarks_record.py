@@ -6,6 +6,7 @@ import json
 
 from benchmarks.cli import main
 from benchmarks.record import build_record, render_record_markdown
+from core.artifacts import list_variants, update_manifest
 from serve.fixtures import write_fixture_artifacts
 from tests.test_benchmarks_report import FIXED_BENCH, _row
 
@@ -50,3 +51,20 @@ def test_the_command_writes_json_and_markdown_named_by_stem(tmp_path):
     assert written["command"] == "DATA_DIR=../shared/data make all"
     assert (tmp_path / "results" / "full-data.md").read_text().startswith(
         "# Summary of `DATA_DIR=../shared/data make all`")
+
+
+
+def test_every_trained_variant_is_listed_benchmarked_or_not(tmp_path):
+    # The bench fixture measured fashion_mnist only; sign_mnist and imdb were trained but not
+    # benchmarked (like the lecture tasks of a full-data run) and still get a training row.
+    root = write_fixture_artifacts(tmp_path / "artifacts")
+    sign = list_variants(root, "sign_mnist")[0]
+    update_manifest(sign, metrics={"test_accuracy": 0.9625, "n_test": 400, "n_train": 1800,
+                                   "epochs_run": 3, "train_seconds": 12.5})
+    record = build_record(_bench_of_fixtures(), root, "make all")
+    trained = {(r["task"], r["variant"]): r for r in record["trained"]}
+    assert {task for task, _ in trained} == {"fashion_mnist", "sign_mnist", "imdb"}
+    assert trained[("sign_mnist", sign.name)]["train_seconds"] == 12.5
+    text = render_record_markdown(record)
+    assert "## Trained models" in text
+    assert f"| sign_mnist | {sign.name} | 96.25% | 400 | 1,800 | 3 | 12.5 |" in text

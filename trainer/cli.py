@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -97,9 +98,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_all(args) -> int:
-    from trainer.plan import LECTURE_JOBS, SERVED_JOBS, run_jobs
+    from trainer.plan import PLANS, run_jobs
 
-    jobs = SERVED_JOBS + (LECTURE_JOBS if args.with_lecture else ())
+    full_data = args.data_dir or os.environ.get("DATA_DIR")
+    plan = args.plan or ("full" if full_data else "lecture" if args.with_lecture else "served")
+    jobs = PLANS[plan]
     if args.only:
         jobs = tuple(j for j in jobs if j.name in args.only or j.model in args.only)
     start = time.perf_counter()
@@ -236,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-all", help="train the served tasks' models and the MobileNetV2 "
                                          "transfer pair (what `make train` runs)")
-    s.add_argument("--with-lecture", action="store_true", help="also XOR and MNIST models")
+    s.add_argument("--with-lecture", action="store_true",
+                   help="also XOR and MNIST models (the plan 'lecture')")
+    s.add_argument("--plan", choices=("served", "lecture", "full"),
+                   help="which jobs (trainer/plan.py): 'served' (default), 'lecture' (+ XOR and "
+                        "MNIST), 'full' (default with --data-dir: + the stronger Fashion CNN "
+                        "and MobileNetV3-Small / EfficientNet-B0 on Fashion and Sign, 48 px)")
     s.add_argument("--only", nargs="*", help="only these jobs (task/variant or model names)")
     s.add_argument("--jobs", type=int, default=1,
                    help="jobs trained at once, each in its own process (default 1)")

@@ -207,7 +207,8 @@ def fit(model, data: PreparedData, recipe: Recipe, *, epochs: int | None = None,
     if recipe.augment and data.task.kind == "image":
         from trainer.augment import image_augmenter
 
-        augmenter = image_augmenter(data.task.name, data.preprocessor, recipe.seed)
+        augmenter = image_augmenter(data.task.name, data.preprocessor, recipe.seed,
+                                    recipe.augmentation)
     y_train = data.y_train.astype("float32") if is_binary(model) else data.y_train
     y_val = data.y_val.astype("float32") if is_binary(model) else data.y_val
     train_ds = _batches(data.x_train, y_train, recipe, augmenter, repeat=bool(recipe.steps_per_epoch))

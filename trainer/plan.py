@@ -45,6 +45,41 @@ LECTURE_JOBS = (
 )
 
 
+def _transfer_pair(model: str, fashion_epochs: int, sign_epochs: int) -> tuple[TrainJob, ...]:
+    """A keras.applications backbone trained here (no ImageNet weights offline): from scratch
+    on Fashion-MNIST, then fine-tuned on Sign-Language in two phases (1 head epoch, then every
+    backbone layer with BatchNorm frozen). 48 px: at 32 px the five stride-2 stages leave a 1x1
+    map, and the backbone is pretrained at the resolution it is fine-tuned at."""
+    return (
+        TrainJob("fashion_mnist", model, {"resolution": 48, "epochs": fashion_epochs}),
+        TrainJob("sign_mnist", model,
+                 {"resolution": 48, "pretrained": f"fashion_mnist/{model}", "head_epochs": 1,
+                  "epochs": sign_epochs, "early_stopping_patience": 4,
+                  "fine_tune_layers": 1000, "fine_tune_lr_factor": 1.0}),
+    )
+
+
+# `DATA_DIR=... make all` (train-all with --data-dir): the full-data record's models, every
+# lecture model, the served tasks' models, the stronger Fashion CNN, and the three
+# keras.applications families on Fashion and Sign. Applications jobs first: they are the
+# longest and the transfers wait for them.
+FULL_DATA_JOBS = (
+    _transfer_pair("mobilenet_v2", 4, 12)
+    + _transfer_pair("mobilenet_v3_small", 4, 12)
+    + _transfer_pair("efficientnet_b0", 4, 12)
+    + (TrainJob("fashion_mnist", "fashion_cnn3"),)
+    + tuple(j for j in SERVED_JOBS if j.model not in ("mobilenet_v2",))
+    + LECTURE_JOBS
+)
+
+# train-all's `--plan`: which jobs; "full" is the default when --data-dir is given.
+PLANS = {
+    "served": SERVED_JOBS,
+    "lecture": SERVED_JOBS + LECTURE_JOBS,
+    "full": FULL_DATA_JOBS,
+}
+
+
 @dataclass(frozen=True)
 class JobResult:
     name: str

@@ -24,11 +24,14 @@ INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "random_normal")
 NORMALIZATIONS = ("none", "batch", "group", "layer")
 ACTIVATIONS = ("default", "relu", "leaky_relu", "elu", "tanh")
 SCALINGS = ("minmax", "standardize")
+# Rows of trainer.augment.AUGMENTATIONS (a test checks both agree).
+AUGMENTATIONS = ("full", "shift")
 STRATEGIES = ("default", "mirrored", "multiworker")
 MONITORS = ("val_accuracy", "val_loss")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "initializer": INITIALIZERS,
            "normalization": NORMALIZATIONS, "activation": ACTIVATIONS,
-           "scaling": SCALINGS, "strategy": STRATEGIES, "monitor": MONITORS}
+           "scaling": SCALINGS, "strategy": STRATEGIES, "monitor": MONITORS,
+           "augmentation": AUGMENTATIONS}
 # Older keys still accepted in recipe files and on the command line (as --flag/--no-flag):
 # key -> (bool, help, the recipe values it stands for). Saved recipe.json files and scripts
 # use `batch_norm`.
@@ -69,6 +72,7 @@ class Recipe:
     scaling: str = "minmax"          # feature scaling, one of SCALINGS
     augment: bool = False            # shifts, small rotations, zoom/crop, brightness/contrast
                                      # (+ horizontal flips only where they keep the label)
+    augmentation: str = "full"       # with augment: which transforms, one of AUGMENTATIONS
     vocab_size: int = 10_000         # text: tokenizer vocabulary (pad and unknown included)
     max_length: int = 256            # text: tokens kept per review
     ngrams: int = 1                  # text: 2 adds word pairs ("not good") as tokens

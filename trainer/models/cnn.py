@@ -52,3 +52,12 @@ def mnist_cnn(inputs: ModelInputs, options: ModelOptions):
                 normalization="batch", augment=True, schedule="cosine", early_stopping_patience=4)
 def sign_cnn(inputs: ModelInputs, options: ModelOptions):
     return _conv_pool_net(inputs, options, ((32, 32), (64,)), 128, 0.2, "sign_cnn")
+
+
+@register_model(kind="image", task="fashion_mnist",
+                description="28x28x1 -> [Conv32 BN]-Pool -> [Conv64 BN]-Pool -> [Conv128 BN]-Pool "
+                            "-> Dense128 Dropout -> Dense10 softmax (fashion_cnn + a third stage)",
+                optimizer="adam", learning_rate=1e-3, epochs=20, batch_size=64, dropout=0.4,
+                normalization="batch", schedule="cosine", early_stopping_patience=6)
+def fashion_cnn3(inputs: ModelInputs, options: ModelOptions):
+    return _conv_pool_net(inputs, options, ((32,), (64,), (128,)), 128, 0.1, "fashion_cnn3")
