@@ -46,12 +46,14 @@ train: setup ## train the served tasks' models (+ a MobileNet fine-tune) into ar
 	$(PY) -m trainer train-all --artifacts $(ARTIFACTS) --jobs $(TRAIN_JOBS)
 
 # Two trainer processes on this machine form one MultiWorkerMirroredStrategy cluster (TF_CONFIG
-# with loopback ports); worker 0 is the chief and writes fashion_mnist/fashion_mlp-<WORKERS>workers.
+# with loopback ports); worker 0 is the chief and writes fashion_mnist/fashion_mlp-<WORKERS>workers
+# into its own artifact root, so that `make compress bench` do not take it for a served model.
 WORKERS ?= 2
+MULTIWORKER_ARTIFACTS ?= $(ARTIFACTS)-multiworker
 
 train-multiworker: setup ## train fashion_mlp for 1 epoch with WORKERS=2 multi-worker processes
 	$(PY) -m trainer.distribute --workers $(WORKERS) --timeout 600 -- train --model fashion_mlp \
-		--epochs 1 --variant fashion_mlp-$(WORKERS)workers --artifacts $(ARTIFACTS)
+		--epochs 1 --variant fashion_mlp-$(WORKERS)workers --artifacts $(MULTIWORKER_ARTIFACTS)
 
 compress: setup ## derive pruned/quantized/factorized variants and select one per task
 	$(PY) -m compress run-all --artifacts $(ARTIFACTS) --jobs $(COMPRESS_JOBS)
@@ -80,7 +82,7 @@ ci: ## what CI runs on a clean clone
 	./.ci/run
 
 clean: ## remove build outputs (artifacts, reports, caches), keep .venv
-	rm -rf $(ARTIFACTS) $(REPORTS) model_repository .pytest_cache
+	rm -rf $(ARTIFACTS) $(MULTIWORKER_ARTIFACTS) $(REPORTS) model_repository .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
 distclean: clean ## also remove .venv

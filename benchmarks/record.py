@@ -58,6 +58,8 @@ def build_record(bench: dict, artifacts: str | Path, command: str) -> dict:
         # Selections written before the runtime was recorded ran ONNX Runtime.
         row["served"] = choice.get("runtime", "onnx") if choice.get("variant") == name else None
     return {"schema": RECORD_SCHEMA,
+            "selection": {task: _selection_summary(choice) for task, choice in served.items()
+                          if choice},
             "trained": trained_rows(artifacts),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "bench_created": bench["created"],
@@ -67,8 +69,22 @@ def build_record(bench: dict, artifacts: str | Path, command: str) -> dict:
                                                          r["variant"]))}
 
 
-# Recipe keys a trained-models row repeats (the rest is in each variant's lineage).
-TRAINED_RECIPE_KEYS = ("epochs", "resolution", "width", "augment", "pretrained")
+def _selection_summary(choice: dict) -> dict:
+    """What serve runs for a task and the rule that chose it (selected.json's reason)."""
+    reason = choice.get("reason") or {}
+    objective = reason.get("objective") or {}
+    return {"variant": choice.get("variant"), "runtime": choice.get("runtime", "onnx"),
+            "rule": reason.get("rule"), "budget_points": reason.get("budget_points"),
+            "min_accuracy": objective.get("min_accuracy"),
+            "max_latency_ms": objective.get("max_latency_ms"),
+            "baseline": reason.get("baseline"), "baseline_accuracy": reason.get("baseline_accuracy"),
+            "accuracy": reason.get("accuracy"), "latency_p50_ms": reason.get("latency_p50_ms")}
+
+
+# Recipe keys a trained-models row repeats (the rest is in each variant's lineage), each
+# shown only when set away from its neutral value.
+TRAINED_RECIPE_KEYS = {"epochs": None, "resolution": 0, "width": 1.0, "augment": False,
+                       "pretrained": ""}
 
 
 def trained_rows(artifacts: str | Path) -> list[dict]:
@@ -82,7 +98,8 @@ def trained_rows(artifacts: str | Path) -> list[dict]:
                      "test_accuracy": m.get("test_accuracy"), "n_test": m.get("n_test"),
                      "n_train": m.get("n_train"), "epochs_run": m.get("epochs_run"),
                      "train_seconds": m.get("train_seconds"), "macs": m.get("macs"),
-                     "recipe": {k: params[k] for k in TRAINED_RECIPE_KEYS if params.get(k)}})
+                     "recipe": {k: params[k] for k, neutral in TRAINED_RECIPE_KEYS.items()
+                                if params.get(k, neutral) != neutral}})
     return rows
 
 
@@ -111,9 +128,12 @@ def render_record_markdown(record: dict) -> str:
                 f"{_num(r['items_per_s_32'].get('onnx'))} | {r['gzip_kb'].get('onnx', '-')} | "
                 f"{r.get('train_seconds') or '-'} | {r['served'] or ''} |")
         lines.append("")
+        chosen = record.get("selection", {}).get(task)
+        if chosen:
+            lines += [_selection_line(chosen), ""]
     lines += ["## Trained models", "",
               "| task | variant | test accuracy | test examples | train examples | epochs run "
-              "| train s | MACs | recipe (beyond the model's defaults) |",
+              "| train s | MACs | recipe |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in record.get("trained", ()):
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
@@ -123,6 +143,19 @@ def render_record_markdown(record: dict) -> str:
                      f"{r['train_seconds'] or '-'} | {_num(r['macs'])} | {recipe} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _selection_line(c: dict) -> str:
+    if c.get("budget_points") is None:
+        return f"Served: `{c['variant']}` on {c['runtime']} (pinned by hand)."
+    limits = [f"at most {c['budget_points']:g} point(s) below the best trained model "
+              f"`{c['baseline']}` ({100 * c['baseline_accuracy']:.2f}%)"]
+    if c.get("min_accuracy") is not None:
+        limits.append(f"at least {100 * c['min_accuracy']:g}%")
+    if c.get("max_latency_ms") is not None:
+        limits.append(f"batch-1 p50 at most {1000 * c['max_latency_ms']:g} us")
+    return (f"Served: `{c['variant']}` on {c['runtime']}, {100 * c['accuracy']:.2f}%: the fastest "
+            f"variant {' and '.join(limits)} (`compress select`).")
 
 
 def _num(x) -> str:

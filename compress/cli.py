@@ -130,7 +130,7 @@ def _cmd_select(args) -> int:
     try:
         objective = Objective(args.budget, args.objective, args.batch,
                               None if args.max_latency_us is None else args.max_latency_us / 1000,
-                              args.max_size_kb)
+                              args.max_size_kb, args.min_accuracy)
     except ValueError as e:
         raise CompressError(str(e)) from None
     if args.objective == "throughput" and not args.bench and not args.gpu_record:
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=1, help="batch size of --objective throughput")
     s.add_argument("--max-latency-us", type=float, help="latency budget: batch-1 p50 at most")
     s.add_argument("--max-size-kb", type=float, help="size budget: gzip size at most (KiB)")
+    s.add_argument("--min-accuracy", type=float,
+                   help="accuracy target (0..1): candidates need at least this as well as the "
+                        "budget below the best trained model")
     s.add_argument("--bench", help="CPU measurements from a benchmark record (reports/bench.json)"
                    " instead of compress's own: batch-1 latency and throughput per runtime")
     s.add_argument("--gpu-record", help="GPU measurements (python -m benchmarks gpu: "

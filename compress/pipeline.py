@@ -340,6 +340,8 @@ def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: di
     objective = objective or placement.Objective(budget_points=budget_points)
     measured = _measured_rows(rows)
     baseline, floor = _accuracy_floor(measured, objective.budget_points)
+    if objective.min_accuracy is not None:
+        floor = max(floor, objective.min_accuracy)
     if baseline is None:
         raise CompressError("no trained baseline in the report: nothing to select against")
     known = {r["variant"] for r in measured}
@@ -375,7 +377,8 @@ def select(rows: list[dict], budget_points: float, objective=None, cpu_bench: di
             "speedup": base_p50 / cpu.p50_ms if base_p50 and cpu.p50_ms else None,
             "objective": {"metric": objective.metric, "batch": objective.batch,
                           "max_latency_ms": objective.max_latency_ms,
-                          "max_size_kb": objective.max_size_kb},
+                          "max_size_kb": objective.max_size_kb,
+                          "min_accuracy": objective.min_accuracy},
             "placements": placements,
             "rule": f"per placement, of the serving runtimes measured: {objective.describe()}"}
 

@@ -34,10 +34,15 @@ class Objective:
     batch: int = 1
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
+    # An accuracy target of its own (0..1): candidates need at least this too, whatever the
+    # best root reaches ("serve the fastest variant that keeps 93%").
+    min_accuracy: float | None = None
 
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ValueError(f"objective {self.metric!r}; valid: {', '.join(METRICS)}")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise ValueError(f"the accuracy target is a fraction 0..1, got {self.min_accuracy}")
         if self.batch < 1 or self.budget_points < 0:
             raise ValueError(f"batch must be >= 1 and the accuracy budget >= 0, got batch "
                              f"{self.batch}, budget {self.budget_points}")
@@ -46,6 +51,8 @@ class Objective:
         what = ("lowest batch-1 p50" if self.metric == "latency"
                 else f"most items/s at batch {self.batch}")
         limits = [f"accuracy >= best root - {self.budget_points:g} pt"]
+        if self.min_accuracy is not None:
+            limits.append(f"accuracy >= {100 * self.min_accuracy:g}%")
         if self.max_latency_ms is not None:
             limits.append(f"batch-1 p50 <= {self.max_latency_ms:g} ms")
         if self.max_size_kb is not None:

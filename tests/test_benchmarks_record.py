@@ -38,6 +38,7 @@ def test_one_row_per_variant_with_every_runtime_and_what_serve_runs(tmp_path):
     text = render_record_markdown(record)
     assert "| fixture_mlp | train | 81.00% | 101,632 | 101,770 | 12 / 9 / - |" in text
     assert "| fixture_mlp-int8 | prune of fixture_mlp | 79.00% |" in text
+    assert record["selection"]["fashion_mnist"]["variant"] == "fixture_mlp"
 
 
 def test_the_command_writes_json_and_markdown_named_by_stem(tmp_path):
@@ -68,3 +69,17 @@ def test_every_trained_variant_is_listed_benchmarked_or_not(tmp_path):
     text = render_record_markdown(record)
     assert "## Trained models" in text
     assert f"| sign_mnist | {sign.name} | 96.25% | 400 | 1,800 | 3 | 12.5 |" in text
+
+
+def test_the_served_line_names_the_rule_that_chose_it(tmp_path):
+    from core.artifacts import select_variant
+
+    root = write_fixture_artifacts(tmp_path / "artifacts")
+    select_variant(root, "fashion_mnist", "fixture_mlp", reason={
+        "variant": "fixture_mlp", "baseline": "fixture_mlp", "baseline_accuracy": 0.9361,
+        "accuracy": 0.9352, "budget_points": 1.0, "latency_p50_ms": 0.08, "rule": "fastest",
+        "objective": {"min_accuracy": 0.93, "max_latency_ms": 0.1}})
+    text = render_record_markdown(build_record(_bench_of_fixtures(), root, "make all"))
+    assert ("Served: `fixture_mlp` on onnx, 93.52%: the fastest variant at most 1 point(s) below "
+            "the best trained model `fixture_mlp` (93.61%) and at least 93% and batch-1 p50 at "
+            "most 100 us (`compress select`).") in text

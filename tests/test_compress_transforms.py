@@ -332,3 +332,8 @@ def test_selection_per_placement_with_objectives_and_budgets():
     assert sel["placements"]["gpu"] == {"measured": False, "why": "not measured"}
     with pytest.raises(ValueError, match="objective 'speed'"):
         Objective(metric="speed")
+    # An accuracy target of its own: 0.8955 rules out int8 (0.895), not small (0.896).
+    sel = select(rows, 1.0, Objective(1.0, min_accuracy=0.8955))
+    assert sel["variant"] == "small" and sel["objective"]["min_accuracy"] == 0.8955
+    with pytest.raises(ValueError, match="fraction 0..1"):
+        Objective(min_accuracy=93.0)
