@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def cmd_record(args) -> int:
     from benchmarks.check import load_bench
 
     bench = load_bench(args.bench)
-    data_dir = bench["settings"].get("data_dir")
+    data_dir = bench["settings"].get("data_dir") or os.environ.get("DATA_DIR")
     command = args.command or (f"DATA_DIR={data_dir} make all" if data_dir else "make all")
     record = build_record(bench, args.artifacts, command)
     path = write_summary(record, args.out, args.stem)

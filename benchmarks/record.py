@@ -14,6 +14,8 @@ trained but not served), with its test accuracy, epochs and training time.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
 from pathlib import Path
 
 from core.artifacts import ArtifactError, find_variant, list_variants, selection_record
@@ -63,10 +65,18 @@ def build_record(bench: dict, artifacts: str | Path, command: str) -> dict:
             "trained": trained_rows(artifacts),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "bench_created": bench["created"],
-            "data": bench["tasks"], "threads": bench["settings"]["threads"],
+            "data": {task: {**info, "data_source": _relative_paths(info.get("data_source", ""))}
+                     for task, info in bench["tasks"].items()},
+            "threads": bench["settings"]["threads"],
             "machine": {k: bench["environment"].get(k) for k in ("cpu", "cpus_usable")},
             "rows": sorted(rows.values(), key=lambda r: (r["task"], r["parent"] is not None,
                                                          r["variant"]))}
+
+
+def _relative_paths(text: str) -> str:
+    """Absolute paths in `text` made relative to the working directory (`make`'s: the
+    repository), so that the committed record names ../shared/data, not one machine's folders."""
+    return re.sub(r"/[^\s\[\]]+", lambda m: os.path.relpath(m.group(0)), text)
 
 
 def _selection_summary(choice: dict) -> dict:
