@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "transfer pair (what `make train` runs)")
     s.add_argument("--with-lecture", action="store_true",
                    help="also XOR and MNIST models (the plan 'lecture')")
-    s.add_argument("--plan", choices=("served", "lecture", "full"),
+    from trainer.plan import PLANS
+
+    s.add_argument("--plan", choices=sorted(PLANS),
                    help="which jobs (trainer/plan.py): 'served' (default), 'lecture' (+ XOR and "
                         "MNIST), 'full' (default with --data-dir: + the stronger Fashion CNN "
                         "and MobileNetV3-Small / EfficientNet-B0 on Fashion and Sign, 48 px)")

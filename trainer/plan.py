@@ -4,8 +4,9 @@ The served tasks' models first (compress derives its variants from them), then t
 pair: MobileNetV2 pretrained on Fashion-MNIST by this project, fine-tuned on Sign-Language in
 two phases. (The comparison with the same model trained from scratch doubles that job's time:
 `python -m trainer train ... --compare-scratch` runs it, see trainer/README.md.) `--with-lecture` adds the
-remaining lecture models (XOR, MNIST). Recipes are the models' registered defaults; only what
-differs is listed here.
+remaining lecture models (XOR, MNIST). With full data (`--data-dir`/`DATA_DIR`) train-all runs
+the plan `full` instead (FULL_DATA_JOBS below): the models of the committed full-data record.
+Recipes are the models' registered defaults; only what differs is listed here.
 """
 from __future__ import annotations
 
