@@ -42,7 +42,7 @@ def build_record(bench: dict, artifacts: str | Path, command: str) -> dict:
             row["items_per_s_32"][r["runtime"]] = round(r["throughput"]["32"]["items_per_s"])
         row["gzip_kb"][r["runtime"]] = round(r["size"]["gzip_bytes"] / 1024, 1)
     served = {}
-    for task in {t for t, _ in rows}:
+    for task in sorted({t for t, _ in rows}):
         try:
             served[task] = selection_record(artifacts, task)
         except ArtifactError:
