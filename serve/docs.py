@@ -144,6 +144,47 @@ MODELS_RESPONSES = _example({"models": [{
     "labels": ["T-shirt/top", "..."],
     "test_accuracy": 0.91, "lineage": {"parent": "fashion_cnn", "technique": "qat",
                                        "params": {}}}]})
+# TensorFlow Serving's metadata, :classify and the Triton repository extension, as the
+# fixture models answer them (the shapes are the protocols'; the numbers are examples).
+_TFS_DIM = [{"size": "-1", "name": ""}, {"size": "28", "name": ""}, {"size": "28", "name": ""},
+            {"size": "1", "name": ""}]
+TFS_METADATA_RESPONSES = _example({
+    "model_spec": {"name": "fashion_mnist", "signature_name": "", "version": "1"},
+    "metadata": {"signature_def": {
+        "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+        "signature_def": {"serving_default": {
+            "inputs": {"input": {"dtype": "DT_FLOAT", "name": "input",
+                                 "tensor_shape": {"dim": _TFS_DIM, "unknown_rank": False}}},
+            "outputs": {"probs": {"dtype": "DT_FLOAT", "name": "probs", "tensor_shape": {
+                "dim": [{"size": "-1", "name": ""}, {"size": "10", "name": ""}],
+                "unknown_rank": False}}},
+            "method_name": "tensorflow/serving/predict", "defaults": {}}}}}})
+TFS_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"examples": {
+            "imdb": {"summary": "one example: the model input's token ids",
+                     "value": {"examples": [{"input": [1, 14, 22, 16, 43]}]}},
+        }}},
+    },
+}
+TFS_CLASSIFY_RESPONSES = _example(
+    {"results": [[["negative", 0.94], ["positive", 0.06]]]},
+    "per example, [label, score] for every class")
+TFS_REGRESS_RESPONSES = {400: {"description": "always: every model here is a classifier",
+                               "content": {"application/json": {"example": {
+                                   "error": "model 'fashion_mnist' is a classifier and has no "
+                                            "regression signature",
+                                   "code": "invalid_input",
+                                   "expected": "POST /v1/models/fashion_mnist:classify (labels "
+                                               "and scores) or :predict (the output tensor)"}}}}}
+REPOSITORY_INDEX_RESPONSES = _example(
+    [{"name": "fashion_mnist", "version": "1", "state": "READY", "reason": ""},
+     {"name": "imdb", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}],
+    "every model version; body {} or {\"ready\": true} for the ready ones only")
+REPOSITORY_CHANGE_RESPONSES = {200: {"description": "done (empty body)"},
+                               404: {"description": "no such model in the repository"}}
+
 SERVER_RESPONSES = _example({"name": "tinyship", "version": "0.1.0",
                              "extensions": ["binary_tensor_data"]})
 LIVE_RESPONSES = _example({"live": True})

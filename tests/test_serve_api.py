@@ -403,6 +403,16 @@ def test_docs_document_every_endpoint(client):
     assert {"pixels", "text"} <= set(classify["requestBody"]["content"]["application/json"]
                                      ["examples"])
     assert {p["name"] for p in classify["parameters"]} == {"task", "k", "invert"}
+    # Every documented route shows what it answers: an example of its 200 body (of its 400
+    # for :regress, which answers nothing else), or (load and unload, whose 200 has no body) a
+    # description of it.
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            ok = op["responses"].get("200") or op["responses"]["400"]
+            has_example = any("example" in c or "examples" in c
+                              for c in ok.get("content", {}).values())
+            assert has_example or ok["description"] != "Successful Response", \
+                f"{method.upper()} {path}: no example of its answer"
     assert client.get("/docs").status_code == 200
     assert "<canvas" in client.get("/").text
 

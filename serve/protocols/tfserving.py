@@ -58,7 +58,8 @@ def router(repo: ModelRepository) -> APIRouter:
             models = repo.versions(name)
         return json_response(dataplane.tfserving_status(models))
 
-    @route("GET", "/metadata", summary="Model metadata (signature_def)")
+    @route("GET", "/metadata", summary="Model metadata (signature_def)",
+           responses=docs.TFS_METADATA_RESPONSES)
     async def tfs_metadata(request: Request, name: str):
         model = model_for(request, name, split=False)
         model.require_ready()
@@ -73,7 +74,8 @@ def router(repo: ModelRepository) -> APIRouter:
         raw, _ = await repo.infer(model, x)
         return Response(orjson.dumps({key: raw.tolist()}), media_type=JSON)
 
-    @route("POST", ":classify", summary="Classify: label/score pairs per example")
+    @route("POST", ":classify", summary="Classify: label/score pairs per example",
+           openapi_extra=docs.TFS_CLASSIFY_BODY, responses=docs.TFS_CLASSIFY_RESPONSES)
     async def tfs_classify(request: Request, name: str):
         model = model_for(request, name, split=True)
         model.require_ready()
@@ -82,7 +84,8 @@ def router(repo: ModelRepository) -> APIRouter:
         return Response(dataplane.tfserving_classify_encode(model, model.probabilities(raw)),
                         media_type=JSON)
 
-    @route("POST", ":regress", summary="Regress: refused, every model is a classifier")
+    @route("POST", ":regress", summary="Regress: refused, every model is a classifier",
+           status_code=400, responses=docs.TFS_REGRESS_RESPONSES)
     async def tfs_regress(request: Request, name: str):
         model_for(request, name, split=False)  # an unknown model or version is still a 404
         raise InvalidArgument(f"model {name!r} is a classifier and has no regression signature",

@@ -78,7 +78,8 @@ def router(repo: ModelRepository) -> APIRouter:
 
     # -- Triton's model repository extension -------------------------------------------------
     @r.post("/v2/repository/index", tags=["v2"],
-            summary="Repository index: every model version, its state and why")
+            summary="Repository index: every model version, its state and why",
+            responses=docs.REPOSITORY_INDEX_RESPONSES)
     async def repository_index(request: Request):
         doc = _repository_request(await request.body(), {"ready"})
         ready = doc.get("ready", False)
@@ -87,6 +88,7 @@ def router(repo: ModelRepository) -> APIRouter:
         return json_response(repo.index(ready=ready))
 
     @r.post("/v2/repository/models/{name}/load", tags=["v2"],
+            responses=docs.REPOSITORY_CHANGE_RESPONSES,
             summary="Load or reload a model from its declaration, without a restart")
     async def repository_load(request: Request, name: str):
         params = _repository_parameters(await request.body())
@@ -98,6 +100,7 @@ def router(repo: ModelRepository) -> APIRouter:
         return Response(status_code=200)
 
     @r.post("/v2/repository/models/{name}/unload", tags=["v2"],
+            responses=docs.REPOSITORY_CHANGE_RESPONSES,
             summary="Unload a model: its endpoints answer 404 until it is loaded again")
     async def repository_unload(request: Request, name: str):
         # unload_dependents: no model here has dependents (no ensembles), so it changes nothing.
