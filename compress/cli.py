@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from compress.errors import CompressError
 from core.artifacts import ArtifactError, default_root
+from core.data import resolve_data_dir
 
 
 def _recipe(args, variant=None):
     """--recipe, else the default recipe for `variant` (compress.recipe.default_recipe_for)."""
     from compress.recipe import DEFAULT_RECIPE, default_recipe_for, load_recipe
 
-    full_data = bool(getattr(args, "data_dir", None) or os.environ.get("DATA_DIR"))
+    full_data = resolve_data_dir(getattr(args, "data_dir", None)) is not None
     path = args.recipe or (default_recipe_for(variant.model, variant.has_file("model.keras"),
                                               full_data) if variant else DEFAULT_RECIPE)
     recipe = load_recipe(path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from core import data
 from core.artifacts import ArtifactError, default_root
 from trainer.errors import TrainerInputError
+from trainer.plan import PLANS
 from trainer.recipe import ALIASES, CHOICES, load_recipe_file, recipe_field_help
 from core.preprocessing import ImagePreprocessor
 from core.tasks import get_task
@@ -98,9 +98,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_all(args) -> int:
-    from trainer.plan import PLANS, run_jobs
+    from trainer.plan import run_jobs
 
-    full_data = args.data_dir or os.environ.get("DATA_DIR")
+    full_data = data.resolve_data_dir(args.data_dir) is not None
     plan = args.plan or ("full" if full_data else "lecture" if args.with_lecture else "served")
     jobs = PLANS[plan]
     if args.only:
@@ -241,8 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
                                          "transfer pair (what `make train` runs)")
     s.add_argument("--with-lecture", action="store_true",
                    help="also XOR and MNIST models (the plan 'lecture')")
-    from trainer.plan import PLANS
-
     s.add_argument("--plan", choices=sorted(PLANS),
                    help="which jobs (trainer/plan.py): 'served' (default), 'lecture' (+ XOR and "
                         "MNIST), 'full' (default with --data-dir: + the stronger Fashion CNN "
