@@ -8,15 +8,11 @@ import pytest
 
 from compress import pipeline
 from compress.recipe import parse_recipe
-from core import artifacts, data
-from core.preprocessing import ImagePreprocessor
-from core.tasks import get_task
+from core import artifacts
+from tests.test_compress_pipeline import MODEL, TASK, write_tiny_cnn
 
 tfs = pytest.importorskip("core.tf_setup")
 keras = tfs.keras
-L = keras.layers
-
-TASK, MODEL = "fashion_mnist", "tiny_cnn"
 RECIPE = {
     "epochs": 1, "train_limit": 500, "test_limit": 200, "parity_size": 100,
     "calibration_size": 32,
@@ -41,27 +37,9 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from core.export import export_float
-
     root = tmp_path_factory.mktemp("artifacts")
-    pre = ImagePreprocessor()
-    train = data.load(TASK, "train").subset(500)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        L.Input((28, 28, 1)), L.Conv2D(8, 3, activation="relu", name="conv_a"), L.MaxPooling2D(),
-        L.Conv2D(16, 3, activation="relu", name="conv_b"), L.MaxPooling2D(), L.Flatten(),
-        L.Dense(32, activation="relu", name="hidden"), L.Dense(10, activation="softmax", name="head"),
-    ], name=MODEL)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(pre(train.x), train.y, epochs=3, batch_size=32, verbose=0)
-    with artifacts.create_variant(
-            root, task=TASK, model=MODEL, variant=MODEL,
-            lineage={"parent": None, "technique": "train", "params": {}},
-            input={"name": "input", "shape": [None, 28, 28, 1], "dtype": "float32"},
-            output={"name": "output", "activation": "softmax"}, preprocessing=pre.to_config(),
-            labels=list(get_task(TASK).labels), metrics={"test_accuracy": 0.0}) as v:
-        model.save(v.path("model.keras"))
-        export_float(model, v.dir, pre(data.load(TASK, "test").x[:100]), tflite=False)
+    write_tiny_cnn(root, seed=lambda: keras.utils.set_random_seed(0), train_size=500, epochs=3,
+                   parity_size=100)
     return root
 
 

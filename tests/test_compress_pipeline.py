@@ -42,27 +42,24 @@ RECIPE = {
 }
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """A trained base variant written the way `trainer` writes one."""
+def write_tiny_cnn(root, *, seed, train_size: int, epochs: int, parity_size: int) -> None:
+    """The tiny trained CNN both compress pipeline test files start from, written as variant
+    MODEL of TASK under `root` the way `trainer` writes one. `seed()` seeds TensorFlow right
+    before the weights are drawn; each file keeps its own seeding, data and epochs, so that
+    its model (and the parity margins its tests rely on) stays what it was."""
     from core.export import export_float
 
-    root = tmp_path_factory.mktemp("artifacts")
     pre = ImagePreprocessor()
-    train = data.load(TASK, "train").subset(1000)
-    # Trained deterministically, as the pipeline's own steps are (seed_tensorflow): TensorFlow's
-    # op determinism is process-wide once on, so the model must not depend on whether a
-    # pipeline ran earlier in this test session.
-    pipeline.seed_tensorflow(SEED)
+    train = data.load(TASK, "train").subset(train_size)
+    seed()
     model = keras.Sequential([
         L.Input((28, 28, 1)), L.Conv2D(8, 3, activation="relu", name="conv_a"), L.MaxPooling2D(),
         L.Conv2D(16, 3, activation="relu", name="conv_b"), L.MaxPooling2D(), L.Flatten(),
         L.Dense(32, activation="relu", name="hidden"), L.Dense(10, activation="softmax", name="head"),
     ], name=MODEL)
     model.compile("adam", "sparse_categorical_crossentropy")
-    # Trained enough to be confident: int8 parity (top-1 agreement) is checked on its outputs.
-    model.fit(pre(train.x), train.y, epochs=8, batch_size=32, verbose=0)
-    test = pre(data.load(TASK, "test").x[:200])
+    model.fit(pre(train.x), train.y, epochs=epochs, batch_size=32, verbose=0)
+    test = pre(data.load(TASK, "test").x[:parity_size])
     with artifacts.create_variant(
             root, task=TASK, model=MODEL, variant=MODEL,
             lineage={"parent": None, "technique": "train", "params": {}},
@@ -71,6 +68,18 @@ def root(tmp_path_factory):
             labels=list(get_task(TASK).labels), metrics={"test_accuracy": 0.0}) as v:
         model.save(v.path("model.keras"))
         export_float(model, v.dir, test, tflite=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A trained base variant written the way `trainer` writes one."""
+    root = tmp_path_factory.mktemp("artifacts")
+    # Trained deterministically, as the pipeline's own steps are (seed_tensorflow): TensorFlow's
+    # op determinism is process-wide once on, so the model must not depend on whether a
+    # pipeline ran earlier in this test session. Trained enough to be confident (8 epochs on
+    # 1,000 images): int8 parity (top-1 agreement) is checked on its outputs.
+    write_tiny_cnn(root, seed=lambda: pipeline.seed_tensorflow(SEED), train_size=1000, epochs=8,
+                   parity_size=200)
     return root
 
 
